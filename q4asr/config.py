@@ -1,0 +1,299 @@
+"""The training configuration: one YAML file with ``model:``, ``train:`` and ``quant:``.
+
+Example::
+
+    model:            # passed unchanged to q4asr.model.ModelConfig.from_dict
+      encoder_dim: 144
+    train:
+      seed: 42
+      max_steps: 20000
+      max_duration: 200.0
+      lr: 3.0e-3
+      lr_schedule: warmup_cosine
+      spec_augment: {enabled: true, num_frame_masks: 5}
+    quant:
+      plan: conf/plan_int4.yaml     # null -> float training
+      init_from: null               # a float checkpoint to fine-tune from
+      quant_start_step: 0
+
+Every section is a dataclass validated in ``__post_init__``; an unknown key is an
+error naming the key and the allowed ones. Single fields are overridden from the
+command line with ``section.field=value`` (``train.spec_augment.enabled=false``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+LR_SCHEDULES = ("warmup_cosine", "noam", "constant")
+
+
+class ConfigError(ValueError):
+    """A training config that cannot be used; the message names the field."""
+
+
+def _check_keys(cls: type, d: dict[str, Any], where: str) -> None:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    for key in d:
+        if key not in allowed:
+            raise ConfigError(
+                f"{where}: unknown key '{key}' (allowed: {', '.join(allowed)})"
+            )
+
+
+def _positive(obj: Any, where: str, *names: str, allow_zero: bool = False) -> None:
+    for name in names:
+        v = getattr(obj, name)
+        if isinstance(v, str):  # YAML 1.1 reads ``3e-3`` (no dot) as a string
+            try:
+                v = float(v)
+            except ValueError:
+                raise ConfigError(f"{where}.{name}: expected a number, got {v!r}") from None
+            setattr(obj, name, v)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{where}.{name}: expected a number, got {v!r}")
+        if v < 0 or (v == 0 and not allow_zero):
+            bound = ">= 0" if allow_zero else "> 0"
+            raise ConfigError(f"{where}.{name}: must be {bound}, got {v!r}")
+
+
+def _integer(obj: Any, where: str, *names: str) -> None:
+    for name in names:
+        v = getattr(obj, name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise ConfigError(f"{where}.{name}: expected an integer, got {v!r}")
+
+
+@dataclass
+class SpecAugmentConfig:
+    """lhotse ``SpecAugment`` parameters (applied to training batches only)."""
+
+    enabled: bool = True
+    time_warp_factor: int = 80
+    num_feature_masks: int = 2
+    features_mask_size: int = 27
+    num_frame_masks: int = 10
+    frames_mask_size: int = 100
+    max_frames_mask_fraction: float = 0.15
+    p: float = 0.9
+
+    def __post_init__(self) -> None:
+        w = "train.spec_augment"
+        if not isinstance(self.enabled, bool):
+            raise ConfigError(f"{w}.enabled: expected true/false, got {self.enabled!r}")
+        _integer(self, w, "time_warp_factor", "num_feature_masks", "features_mask_size",
+                 "num_frame_masks", "frames_mask_size")
+        _positive(self, w, "time_warp_factor", "num_feature_masks", "features_mask_size",
+                  "num_frame_masks", "frames_mask_size", "max_frames_mask_fraction",
+                  "p", allow_zero=True)
+        if not 0.0 <= self.p <= 1.0:
+            raise ConfigError(f"{w}.p: must be in [0, 1], got {self.p!r}")
+        if not 0.0 <= self.max_frames_mask_fraction <= 1.0:
+            raise ConfigError(f"{w}.max_frames_mask_fraction: must be in [0, 1], "
+                              f"got {self.max_frames_mask_fraction!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SpecAugmentConfig:
+        _check_keys(cls, d, "train.spec_augment")
+        return cls(**d)
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``lhotse.dataset.SpecAugment``."""
+        d = dataclasses.asdict(self)
+        del d["enabled"]
+        return d
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, data and bookkeeping settings.
+
+    Training stops at ``max_steps`` or after ``num_epochs`` passes, whichever comes
+    first (at least one must be set). ``lr`` is the peak learning rate, reached after
+    ``warmup_steps``; ``lr_schedule`` is one of ``warmup_cosine`` (cosine decay to
+    ``final_lr_ratio * lr`` at the last step), ``noam`` (inverse square root after
+    warm-up) or ``constant``. ``model_warmup_steps`` ramps the pruned RNN-T loss in
+    (the model's ``warmup`` argument is ``step / model_warmup_steps``).
+    """
+
+    seed: int = 42
+    max_steps: int | None = None
+    num_epochs: int | None = None
+    max_duration: float = 200.0
+    num_buckets: int = 10
+    lr: float = 3e-3
+    lr_schedule: str = "warmup_cosine"
+    warmup_steps: int = 500
+    final_lr_ratio: float = 0.02
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    weight_decay: float = 1e-3
+    grad_clip: float | None = 5.0
+    model_warmup_steps: int = 2000
+    spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    on_the_fly_features: bool = False
+    num_mel_bins: int = 80
+    max_utterance_duration: float = 30.0
+    num_workers: int = 2
+    log_every: int = 50
+    valid_every: int = 500
+    checkpoint_every: int = 1000
+    keep_last_checkpoints: int = 5
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        w = "train"
+        if isinstance(self.spec_augment, dict):
+            self.spec_augment = SpecAugmentConfig.from_dict(self.spec_augment)
+        if not isinstance(self.spec_augment, SpecAugmentConfig):
+            raise ConfigError(f"{w}.spec_augment: expected a mapping, "
+                              f"got {self.spec_augment!r}")
+        _integer(self, w, "seed", "max_steps", "num_epochs", "num_buckets",
+                 "warmup_steps", "model_warmup_steps", "num_mel_bins", "num_workers",
+                 "log_every", "valid_every", "checkpoint_every",
+                 "keep_last_checkpoints", "num_threads")
+        _positive(self, w, "max_steps", "num_epochs", "max_duration", "num_buckets",
+                  "lr", "model_warmup_steps", "num_mel_bins", "max_utterance_duration",
+                  "log_every", "valid_every", "checkpoint_every",
+                  "keep_last_checkpoints", "num_threads", "grad_clip")
+        _positive(self, w, "warmup_steps", "weight_decay", "num_workers",
+                  "final_lr_ratio", allow_zero=True)
+        if self.max_steps is None and self.num_epochs is None:
+            raise ConfigError(f"{w}: set max_steps or num_epochs (or both)")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"{w}.lr_schedule: {self.lr_schedule!r} is not one of "
+                              f"{', '.join(LR_SCHEDULES)}")
+        if self.lr_schedule == "warmup_cosine" and self.max_steps is None:
+            raise ConfigError(f"{w}.lr_schedule: warmup_cosine decays to max_steps; "
+                              "set train.max_steps or use noam/constant")
+        if self.lr_schedule == "noam" and self.warmup_steps == 0:
+            raise ConfigError(f"{w}.warmup_steps: noam needs warmup_steps > 0")
+        if self.final_lr_ratio > 1:
+            raise ConfigError(f"{w}.final_lr_ratio: must be <= 1, "
+                              f"got {self.final_lr_ratio!r}")
+        betas = self.adam_betas
+        if (not isinstance(betas, (list, tuple)) or len(betas) != 2
+                or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)):
+            raise ConfigError(f"{w}.adam_betas: expected two numbers in [0, 1), "
+                              f"got {betas!r}")
+        self.adam_betas = [float(b) for b in betas]
+        if not isinstance(self.on_the_fly_features, bool):
+            raise ConfigError(f"{w}.on_the_fly_features: expected true/false, "
+                              f"got {self.on_the_fly_features!r}")
+        for name in ("max_duration", "lr", "final_lr_ratio", "weight_decay",
+                     "max_utterance_duration"):
+            setattr(self, name, float(getattr(self, name)))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        _check_keys(cls, d, "train")
+        return cls(**d)
+
+
+@dataclass
+class QuantConfig:
+    """Quantization-aware training: a precision plan file, or null for float.
+
+    ``init_from`` is a float checkpoint whose model weights start the run;
+    ``quant_start_step`` delays switching quantization on (0: from the first step).
+    """
+
+    plan: str | None = None
+    init_from: str | None = None
+    quant_start_step: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("plan", "init_from"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, str):
+                raise ConfigError(f"quant.{name}: expected a path or null, got {v!r}")
+        _integer(self, "quant", "quant_start_step")
+        _positive(self, "quant", "quant_start_step", allow_zero=True)
+        if self.quant_start_step and self.plan is None:
+            raise ConfigError("quant.quant_start_step: set only with quant.plan")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> QuantConfig:
+        _check_keys(cls, d, "quant")
+        return cls(**d)
+
+
+@dataclass
+class Config:
+    """The whole training config. ``model`` stays a plain dict for ModelConfig."""
+
+    model: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1000))
+    quant: QuantConfig = field(default_factory=QuantConfig)
+
+    def __post_init__(self) -> None:
+        if self.model is None:
+            self.model = {}
+        if not isinstance(self.model, dict):
+            raise ConfigError(f"model: expected a mapping, got {self.model!r}")
+        if isinstance(self.train, dict):
+            self.train = TrainConfig.from_dict(self.train)
+        if isinstance(self.quant, dict):
+            self.quant = QuantConfig.from_dict(self.quant)
+        if not isinstance(self.train, TrainConfig):
+            raise ConfigError(f"train: expected a mapping, got {self.train!r}")
+        if not isinstance(self.quant, QuantConfig):
+            raise ConfigError(f"quant: expected a mapping, got {self.quant!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        d = dict(d or {})
+        _check_keys(cls, d, "config")
+        return cls(model=d.get("model") or {}, train=d.get("train") or {},
+                   quant=d.get("quant") or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain containers only (safe for ``torch.load(weights_only=True)``)."""
+        return {"model": dict(self.model), "train": dataclasses.asdict(self.train),
+                "quant": dataclasses.asdict(self.quant)}
+
+    def override(self, assignments: list[str]) -> Config:
+        """A new config with ``section.field=value`` assignments applied.
+
+        Values are parsed as YAML (``1e-3``, ``null``, ``false``, ``[0.9, 0.99]``).
+        """
+        d = self.to_dict()
+        for a in assignments:
+            if "=" not in a:
+                raise ConfigError(f"override {a!r}: expected section.field=value")
+            key, value = a.split("=", 1)
+            parts = key.strip().split(".")
+            if len(parts) < 2 or parts[0] not in d:
+                raise ConfigError(f"override {a!r}: the key must start with one of "
+                                  f"{', '.join(d)} and name a field (train.lr=1e-3)")
+            node = d
+            for p in parts[:-1]:
+                if not isinstance(node.get(p), dict):
+                    node[p] = {}
+                node = node[p]
+            node[parts[-1]] = yaml.safe_load(value)
+        return Config.from_dict(d)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read and validate a training YAML; errors name the file and the field."""
+    path = Path(path)
+    try:
+        d = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read the config: {e}") from e
+    try:
+        cfg = Config.from_dict(d or {})
+        if overrides:
+            cfg = cfg.override(overrides)
+    except (ConfigError, TypeError) as e:
+        raise ConfigError(f"{path}: {e}") from e
+    return cfg
