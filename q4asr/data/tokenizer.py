@@ -78,3 +78,38 @@ class Tokenizer:
 
     def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
         return [self.sp.decode([int(i) for i in seq]) for seq in ids]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train a BPE model on the transcripts of a lhotse supervision manifest."""
+    import argparse
+
+    from lhotse import load_manifest_lazy
+
+    from q4asr.utils import setup_logging
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--supervisions", required=True, nargs="+",
+                   help="lhotse supervision manifests (.jsonl.gz)")
+    p.add_argument("--vocab-size", type=int, required=True)
+    p.add_argument("--model-type", default="unigram", choices=["unigram", "bpe"])
+    p.add_argument("--out", required=True, help="output .model path")
+    args = p.parse_args(argv)
+    setup_logging()
+    out = Path(args.out)
+    if out.suffix != ".model":
+        raise SystemExit(f"--out {out}: must end in .model")
+
+    def texts():
+        for path in args.supervisions:
+            if not Path(path).is_file():
+                raise SystemExit(f"{path}: no such supervision manifest")
+            for sup in load_manifest_lazy(path):
+                if sup.text:
+                    yield sup.text
+
+    train_bpe(texts(), out.with_suffix(""), args.vocab_size, args.model_type)
+
+
+if __name__ == "__main__":
+    main()

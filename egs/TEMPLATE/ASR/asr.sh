@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# The generic stages every q4asr corpus shares. A corpus recipe (egs/<corpus>/ASR/run.sh)
+# prepares lhotse manifests in data/manifests/<prefix>_{recordings,supervisions}_<part>.jsonl.gz,
+# then calls this script from its recipe dir with its options:
+#
+#   ../../TEMPLATE/ASR/asr.sh --prefix synth --train-part train --dev-part dev \
+#     --test-parts "test test_heldout" --systems conf/systems.yaml --stage 10 "$@"
+#
+# Stages (each logged and timed; finished work is skipped through .done markers that are
+# written only on success; --stage/--stop-stage start and stop anywhere):
+#   10 features  fbank cuts for every part         -> data/fbank/<prefix>_cuts_<part>.jsonl.gz
+#   11 bpe       sentencepiece model on train text -> data/lang_bpe_<nbpe>/bpe.model
+#   12 train     one run per float/qat system      -> exp/<system>/
+#   13 average   last --avg checkpoints per system -> exp/<system>/avg.pt
+#   14 export    one self-contained model file     -> exp/<system>/model.safetensors
+#                (float32, PTQ calibrated from its float system, or QAT converted to integers)
+#   15 decode    every test part, every method     -> exp/<system>/decode/
+#   16 report    WER and size of every system      -> exp/results.json, RESULTS.md, exp/wer_vs_size.png
+#
+# Options (defaults below): --stage --stop-stage --prefix --train-part --dev-part --test-parts
+#   --systems --nbpe --nj --avg --decode-methods --max-steps (override every system's config)
+#   --calibration-batches --results-title
+set -euo pipefail
+
+stage=10
+stop_stage=100
+prefix=
+train_part=train
+dev_part=dev
+test_parts=test
+systems=conf/systems.yaml
+nbpe=256
+nj=2
+avg=3
+decode_methods="greedy_search"
+max_steps=
+calibration_batches=8
+results_title=
+manifest_dir=data/manifests
+fbank_dir=data/fbank
+exp_dir=exp
+
+Q4ASR_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
+. "$Q4ASR_ROOT/tools/parse_options.sh"
+. "$Q4ASR_ROOT/tools/path.sh"
+. "$Q4ASR_ROOT/egs/TEMPLATE/ASR/lib.sh"
+
+[ -n "$prefix" ] || { echo "$0: --prefix is required (the manifests' corpus name)" >&2; exit 1; }
+[ -f "$systems" ] || { echo "$0: --systems $systems: no such file" >&2; exit 1; }
+lang_dir=data/lang_bpe_$nbpe
+bpe_model=$lang_dir/bpe.model
+sys_list() { python -m q4asr.recipe "$systems" list "$@"; }
+sys_get() { python -m q4asr.recipe "$systems" get "$1" "$2"; }
+steps_opt=()
+[ -n "$max_steps" ] && steps_opt=(--max-steps "$max_steps")
+
+if run_stage 10 "compute fbank features for $train_part $dev_part $test_parts"; then
+  done_or_run "$fbank_dir/.fbank.done" \
+    python -m q4asr.data.features --manifests "$manifest_dir" --out-dir "$fbank_dir" \
+      --prefix "$prefix" --parts $train_part $dev_part $test_parts --nj "$nj"
+  end_stage
+fi
+
+if run_stage 11 "train a $nbpe-piece BPE model on the $train_part transcripts"; then
+  done_or_run "$lang_dir/.bpe.done" \
+    python -m q4asr.data.tokenizer --supervisions \
+      "$manifest_dir/${prefix}_supervisions_${train_part}.jsonl.gz" \
+      --vocab-size "$nbpe" --out "$bpe_model"
+  end_stage
+fi
+
+# One system: train (float or QAT) and, when a later system starts from it, average at once.
+train_system() {
+  local name=$1 method init plan config args=()
+  method=$(sys_get "$name" method)
+  [ "$method" = ptq ] && return 0
+  config=$(sys_get "$name" config)
+  plan=$(sys_get "$name" plan)
+  init=$(sys_get "$name" init_from)
+  [ -n "$plan" ] && args+=(--plan "$plan")
+  if [ -n "$init" ]; then
+    average_system "$init"
+    args+=(--init-from "$exp_dir/$init/avg.pt")
+  fi
+  done_or_run "$exp_dir/$name/.train.done" \
+    q4asr-train --config "$config" --exp-dir "$exp_dir/$name" \
+      --train-cuts "$fbank_dir/${prefix}_cuts_${train_part}.jsonl.gz" \
+      --valid-cuts "$fbank_dir/${prefix}_cuts_${dev_part}.jsonl.gz" \
+      --bpe-model "$bpe_model" "${args[@]}" "${steps_opt[@]}"
+}
+
+average_system() {
+  local name=$1
+  done_or_run "$exp_dir/$name/.avg.done" \
+    python -m q4asr.bin.average --exp-dir "$exp_dir/$name" --last "$avg" \
+      --out "$exp_dir/$name/avg.pt"
+}
+
+if run_stage 12 "train systems: $(sys_list --method float,qat | xargs)"; then
+  for s in $(sys_list --method float,qat); do train_system "$s"; done
+  end_stage
+fi
+
+if run_stage 13 "average the last $avg checkpoints of each trained system"; then
+  for s in $(sys_list --method float,qat); do average_system "$s"; done
+  end_stage
+fi
+
+if run_stage 14 "export one model file per system"; then
+  for s in $(sys_list); do
+    method=$(sys_get "$s" method)
+    plan=$(sys_get "$s" plan)
+    args=(--checkpoint "$exp_dir/$s/avg.pt")
+    if [ "$method" = ptq ]; then
+      args=(--checkpoint "$exp_dir/$(sys_get "$s" init_from)/avg.pt" --plan "$plan"
+            --calibration-cuts "$fbank_dir/${prefix}_cuts_${train_part}.jsonl.gz"
+            --calibration-batches "$calibration_batches")
+    fi
+    done_or_run "$exp_dir/$s/.export.done" \
+      q4asr-export "${args[@]}" --bpe-model "$bpe_model" --method "$method" \
+        --out "$exp_dir/$s/model.safetensors"
+  done
+  end_stage
+fi
+
+if run_stage 15 "decode $test_parts with $decode_methods"; then
+  for s in $(sys_list); do
+    for part in $test_parts; do
+      for m in $decode_methods; do
+        done_or_run "$exp_dir/$s/decode/.$part-$m.done" \
+          q4asr-decode --model "$exp_dir/$s/model.safetensors" \
+            --cuts "$fbank_dir/${prefix}_cuts_${part}.jsonl.gz" --test-set "$part" \
+            --method "$m" --out-dir "$exp_dir/$s/decode"
+      done
+    done
+  done
+  end_stage
+fi
+
+if run_stage 16 "report WER and model size of every system"; then
+  # always rewritten: the report reflects whatever has been decoded so far
+  q4asr-report --systems "$systems" --exp-dir "$exp_dir" --test-parts $test_parts \
+    --decode-method "$(echo "$decode_methods" | awk '{print $1}')" \
+    --results-md RESULTS.md --title "${results_title:-$prefix}"
+  end_stage
+fi
