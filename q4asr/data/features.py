@@ -1,0 +1,167 @@
+"""Log-mel filterbank features for lhotse manifests, stored as lilcom-compressed cuts.
+
+Usage::
+
+    python -m q4asr.data.features --manifests data/manifests --out-dir data/fbank \\
+        --prefix synth --parts train dev test test_heldout [--num-mel-bins 80] [--nj 1]
+
+reads ``<manifests>/<prefix>_{recordings,supervisions}_<part>.jsonl.gz`` and writes
+``<out-dir>/<prefix>_cuts_<part>.jsonl.gz`` with features in
+``<out-dir>/<prefix>_feats_<part>[_<job>].lca``. Recordings at another sampling rate
+are resampled to 16 kHz; an unreadable recording is logged by id and left out.
+
+Decoding and transcription compute the same features on the fly with
+:func:`fbank_extractor`; :data:`FEATURE_CONFIG` is stored in exported models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter, load_manifest
+
+from q4asr.utils import setup_logging
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+FEATURE_CONFIG: dict = {
+    "type": "fbank",
+    "library": "lhotse.Fbank",
+    "sampling_rate": SAMPLE_RATE,
+    "num_mel_bins": 80,
+    "frame_length_s": 0.025,
+    "frame_shift_s": 0.01,
+    "dither": 0.0,
+    "snip_edges": False,
+}
+
+
+def feature_config(num_mel_bins: int = 80) -> dict:
+    """:data:`FEATURE_CONFIG` with ``num_mel_bins`` set (a copy)."""
+    if num_mel_bins < 1:
+        raise ValueError(f"num_mel_bins must be >= 1, got {num_mel_bins}")
+    return {**FEATURE_CONFIG, "num_mel_bins": num_mel_bins}
+
+
+def fbank_extractor(num_mel_bins: int = 80) -> Fbank:
+    """lhotse's Kaldi-compatible torch ``Fbank`` at 16 kHz, as used for training.
+
+    ``extractor.extract(samples, 16000)`` maps ``samples: (S,) float`` to
+    ``(T, num_mel_bins) float32`` with T = ceil(S / 160) (10 ms frames).
+    """
+    cfg = feature_config(num_mel_bins)
+    return Fbank(
+        FbankConfig(
+            sampling_rate=cfg["sampling_rate"],
+            num_mel_bins=cfg["num_mel_bins"],
+            frame_length=cfg["frame_length_s"],
+            frame_shift=cfg["frame_shift_s"],
+            dither=cfg["dither"],
+            snip_edges=cfg["snip_edges"],
+        )
+    )
+
+
+def _compute_job(
+    cuts: CutSet, storage_path: Path, num_mel_bins: int
+) -> tuple[CutSet, list[str]]:
+    """Features for ``cuts`` in one storage file; returns (cuts, failure messages)."""
+    extractor = fbank_extractor(num_mel_bins)
+    out = []
+    failures: list[str] = []
+    with LilcomChunkyWriter(storage_path) as writer:
+        for cut in cuts:
+            try:
+                if cut.sampling_rate != SAMPLE_RATE:
+                    cut = cut.resample(SAMPLE_RATE)
+                out.append(cut.compute_and_store_features(extractor, writer))
+            except Exception as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                failures.append(
+                    f"recording {cut.recording_id}: unreadable, skipped "
+                    f"({type(e).__name__}: {first[:200]})"
+                )
+    return CutSet.from_cuts(out), failures
+
+
+def compute_fbank(
+    manifest_dir: str | Path,
+    out_dir: str | Path,
+    prefix: str,
+    part: str,
+    num_mel_bins: int = 80,
+    num_jobs: int = 1,
+) -> tuple[Path, list[str]]:
+    """Compute and store fbank features for one part; returns (cuts path, failures).
+
+    Raises FileNotFoundError naming the missing manifest, and RuntimeError when no
+    recording of the part could be read.
+    """
+    manifest_dir, out_dir = Path(manifest_dir), Path(out_dir)
+    paths = {
+        k: manifest_dir / f"{prefix}_{k}_{part}.jsonl.gz"
+        for k in ("recordings", "supervisions")
+    }
+    for p in paths.values():
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: manifest not found")
+    recordings = load_manifest(paths["recordings"])
+    supervisions = load_manifest(paths["supervisions"])
+    cuts = CutSet.from_manifests(recordings=recordings, supervisions=supervisions)
+    if any(s.start > 0 for s in supervisions):  # Kaldi segments: one cut each
+        cuts = cuts.trim_to_supervisions(keep_overlapping=False)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    num_jobs = max(1, min(num_jobs, len(cuts)))
+    if num_jobs == 1:
+        results = [_compute_job(cuts, out_dir / f"{prefix}_feats_{part}.lca", num_mel_bins)]
+    else:
+        splits = cuts.split(num_jobs)
+        with ProcessPoolExecutor(num_jobs) as ex:
+            futs = [
+                ex.submit(_compute_job, s, out_dir / f"{prefix}_feats_{part}_{i}.lca",
+                          num_mel_bins)
+                for i, s in enumerate(splits)
+            ]
+            results = [f.result() for f in futs]
+    failures = [m for _, fs in results for m in fs]
+    for m in failures:
+        log.warning("%s %s: %s", prefix, part, m)
+    done = CutSet.from_cuts(c for cs, _ in results for c in cs)
+    if len(done) == 0:
+        raise RuntimeError(f"{paths['recordings']}: no recording could be read")
+    cuts_path = out_dir / f"{prefix}_cuts_{part}.jsonl.gz"
+    tmp = cuts_path.with_name(f".tmp.{cuts_path.name}")
+    done.to_file(tmp)
+    os.replace(tmp, cuts_path)
+    log.info("%s %s: %d cuts (%d skipped) -> %s", prefix, part, len(done),
+             len(failures), cuts_path)
+    return cuts_path, failures
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--manifests", required=True, type=Path, help="manifest directory")
+    p.add_argument("--out-dir", required=True, type=Path)
+    p.add_argument("--prefix", default="synth")
+    p.add_argument("--parts", nargs="+", required=True)
+    p.add_argument("--num-mel-bins", type=int, default=80)
+    p.add_argument("--nj", type=int, default=1)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = get_parser().parse_args(argv)
+    setup_logging()
+    for part in args.parts:
+        compute_fbank(args.manifests, args.out_dir, args.prefix, part,
+                      args.num_mel_bins, args.nj)
+
+
+if __name__ == "__main__":
+    main()
