@@ -38,6 +38,8 @@ done_or_run() {
     return 0
   fi
   log "$*"
+  mkdir -p "${exp_dir:-exp}"
+  printf '%s\n' "$*" >> "${exp_dir:-exp}/commands.log"
   "$@"
   mkdir -p "$(dirname "$marker")"
   touch "$marker"
