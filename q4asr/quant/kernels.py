@@ -1,0 +1,178 @@
+"""Integer kernels shared by QAT modules and converted integer modules.
+
+Which op runs on which path:
+
+* **Linear, pointwise Conv1d, Conv1d/Conv2d with groups=1 (via unfold)**: int8
+  operands (int4 values also live in int8) multiplied by ``torch._int_mm`` with int32
+  accumulation, then one rescale ``acc * (s_x * s_w)`` in float32 (:func:`int_linear`).
+  Integer accumulation is exact for any size.
+* **Grouped / depthwise Conv1d**: PyTorch has no integer convolution kernel, so
+  :func:`int_grouped_conv1d` convolves the integer *values* held in float32. Every
+  partial sum of such a convolution is an integer whose magnitude is at most
+  ``(C_in/groups) * kernel * qmax_x * qmax_w``; when that bound is below ``2**24``
+  every partial sum is exactly representable in float32, so every addition and
+  multiplication is exact whatever the summation order, and the result equals the
+  integer convolution. The bound is asserted from the shapes before each call.
+* **Weight-only (activations float)** and **activation-only**: fake-quantized float32
+  operands (``dequantize(quantize(.))``) in the float op; the converted model
+  dequantizes its stored integer weight with the same function, so the values are
+  identical.
+
+Int4 weights are stored two per byte (:func:`pack_int4` / :func:`unpack_int4`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+FLOAT32_EXACT_LIMIT = 1 << 24
+
+
+def _pad_to(n: int, multiple: int, minimum: int = 0) -> int:
+    return max(minimum, -(-n // multiple) * multiple)
+
+
+def int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` with int32 accumulation.
+
+    Args:
+      a: (M, K) int8.  b: (K, N) int8 (may be a transposed view).
+    Returns:
+      (M, N) int32.
+
+    On CPU ``torch._int_mm`` takes any shape. The CUDA kernel needs M > 16 and K, N
+    multiples of 8: operands are zero-padded there (zeros add nothing to any sum).
+    """
+    assert a.dtype == torch.int8 and b.dtype == torch.int8, (a.dtype, b.dtype)
+    assert a.ndim == 2 and b.ndim == 2 and a.shape[1] == b.shape[0], (a.shape, b.shape)
+    if not a.is_cuda:
+        return torch._int_mm(a, b)
+    M, K = a.shape
+    N = b.shape[1]
+    Mp, Kp, Np = _pad_to(M, 8, 24), _pad_to(K, 8), _pad_to(N, 8)
+    if (Mp, Kp, Np) != (M, K, N):
+        a = F.pad(a, (0, Kp - K, 0, Mp - M))
+        b = F.pad(b, (0, Np - N, 0, Kp - K))
+    return torch._int_mm(a.contiguous(), b)[:M, :N]
+
+
+def rescale(acc: torch.Tensor, sx: torch.Tensor, sw: torch.Tensor) -> torch.Tensor:
+    """``acc * (sx * sw)`` in float32: the single rescale of an integer product.
+
+    acc: (M, N) int32 or integer-valued float; sx: broadcastable to (M, N)
+    (e.g. (M, 1) per row or (1, 1)); sw: (1, N) or (1, 1).
+    """
+    return acc.to(torch.float32) * (sx * sw)
+
+
+def int_linear(
+    qx: torch.Tensor,
+    sx: torch.Tensor,
+    qw: torch.Tensor,
+    sw: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """Native integer linear ``y = (qx @ qw^T) * (sx * sw) + bias``.
+
+    Args:
+      qx: (M, K) int8; sx: (M, 1) or (1, 1) float32.
+      qw: (N, K) int8; sw: (N, 1) or (1, 1) float32.
+      bias: (N,) float32 or None.
+    Returns:
+      (M, N) float32.
+    """
+    assert qx.ndim == 2 and qw.ndim == 2 and qx.shape[1] == qw.shape[1], (
+        qx.shape,
+        qw.shape,
+    )
+    y = rescale(int_mm(qx, qw.t()), sx, sw.reshape(1, -1))
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+def grouped_conv_bound(k_per_out: int, qmax_x: int, qmax_w: int) -> int:
+    """Largest possible |partial sum| of an integer conv with ``k_per_out`` terms."""
+    return k_per_out * qmax_x * qmax_w
+
+
+def int_grouped_conv1d(
+    qx: torch.Tensor,
+    sx: torch.Tensor,
+    qw: torch.Tensor,
+    sw: torch.Tensor,
+    bias: torch.Tensor | None,
+    qmax_x: int,
+    qmax_w: int,
+    stride: int,
+    padding: int,
+    dilation: int,
+    groups: int,
+) -> torch.Tensor:
+    """Exact integer grouped (incl. depthwise) conv1d on integer-valued float32.
+
+    Args:
+      qx: (N, C, T) int8, activation scale sx: (N, G, 1, 1) with G = groups (one
+        scale per sample and group, constant over the contracted axes) or
+        (1, 1, 1, 1).
+      qw: (n_out, C/groups, k) int8, sw: (n_out, 1, 1) or (1, 1, 1).
+      bias: (n_out,) or None.
+    Returns:
+      (N, n_out, T') float32.
+    """
+    assert qx.ndim == 3 and qw.ndim == 3, (qx.shape, qw.shape)
+    N, C, T = qx.shape
+    n_out, Cg, k = qw.shape
+    assert C == Cg * groups and n_out % groups == 0, (qx.shape, qw.shape, groups)
+    bound = grouped_conv_bound(Cg * k, qmax_x, qmax_w)
+    assert bound < FLOAT32_EXACT_LIMIT, (
+        f"grouped conv partial sums may reach {bound} >= 2**24: not exact in float32"
+    )
+    acc = F.conv1d(
+        qx.to(torch.float32),
+        qw.to(torch.float32),
+        None,
+        stride,
+        padding,
+        dilation,
+        groups,
+    )  # (N, n_out, T'), integer-valued, exact by the bound above
+    G = sx.shape[1]
+    sx_out = sx.reshape(sx.shape[0], G, 1).repeat_interleave(
+        n_out // G, dim=1
+    )  # (N|1, n_out, 1)
+    y = rescale(acc, sx_out, sw.reshape(1, -1, 1))
+    if bias is not None:
+        y = y + bias.reshape(1, -1, 1)
+    return y
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """Pack int4 values two per byte along the last dim.
+
+    Args:
+      q: (..., K) int8 with values in [-8, 7].
+    Returns:
+      (..., ceil(K/2)) uint8: element 2j in the low nibble, 2j+1 in the high nibble
+      (an odd K is padded with a zero).
+    """
+    assert q.dtype == torch.int8, q.dtype
+    if q.numel():
+        lo, hi = int(q.min()), int(q.max())
+        assert -8 <= lo and hi <= 7, f"int4 values out of range [-8, 7]: [{lo}, {hi}]"
+    if q.shape[-1] % 2:
+        q = F.pad(q, (0, 1))
+    u = (q.to(torch.int16) & 0xF).to(torch.uint8)
+    return u[..., 0::2] | (u[..., 1::2] << 4)
+
+
+def unpack_int4(p: torch.Tensor, k: int) -> torch.Tensor:
+    """Inverse of :func:`pack_int4`. p: (..., ceil(k/2)) uint8 -> (..., k) int8."""
+    assert p.dtype == torch.uint8, p.dtype
+    assert p.shape[-1] == (k + 1) // 2, (p.shape, k)
+    lo = (p & 0xF).to(torch.int8)
+    hi = (p >> 4).to(torch.int8)
+    q = torch.stack((lo, hi), dim=-1).reshape(*p.shape[:-1], -1)[..., :k]
+    # sign-extend 4-bit two's complement: 8..15 -> -8..-1
+    return torch.where(q > 7, q - 16, q).contiguous()

@@ -1,0 +1,115 @@
+"""Symmetric, zero-point-free quantizer: the one numeric definition used everywhere.
+
+``q = clamp(round(x / s), -qmax, qmax)`` with ``qmax = 2**(bits-1) - 1`` and
+``s = max|x| / qmax`` reduced over every axis except the kept ones (per output
+channel for weights, per row/token for activations), or ``s = amax / qmax`` for a
+given (calibrated) ``amax``. Rounding is round-half-to-even (``torch.round``).
+``q`` is held in an int8 tensor for every bit width (int4 values too).
+
+The straight-through estimator (:class:`FakeQuantSTE`) passes the gradient through
+unchanged where the value was not clamped (``|round(x / s)| <= qmax``) and zeroes it
+where it was; the scale gets no gradient (it is treated as a constant, as in AQT).
+QAT modules and the converted integer modules call the same functions, so they
+produce bit-identical operands.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Smallest amax used to form a scale: an all-zero row gets scale EPS / qmax and
+# quantizes to zeros instead of dividing by zero.
+EPS = 1e-12
+
+
+def qmax_for(bits: int) -> int:
+    """Largest quantized magnitude for a signed symmetric ``bits``-bit integer."""
+    assert 2 <= bits <= 8, bits
+    return (1 << (bits - 1)) - 1
+
+
+def compute_scale(
+    x: torch.Tensor, bits: int, keep_dims: tuple[int, ...] | None
+) -> torch.Tensor:
+    """Scale ``max|x| / qmax`` reduced over all dims except ``keep_dims``.
+
+    Args:
+      x: any shape, float32.
+      keep_dims: dims that keep their own scale (``(0,)`` = per output channel or per
+        row); ``None`` = one scale for the whole tensor.
+    Returns:
+      float32 scale with ``x.ndim`` dims (size 1 on the reduced dims).
+    """
+    if keep_dims is None:
+        amax = x.detach().abs().amax().reshape([1] * x.ndim)
+    else:
+        keep = {d % x.ndim for d in keep_dims}
+        red = tuple(d for d in range(x.ndim) if d not in keep)
+        amax = x.detach().abs().amax(dim=red, keepdim=True) if red else x.detach().abs()
+    return amax.clamp_min(EPS) / qmax_for(bits)
+
+
+def scale_from_amax(amax: torch.Tensor, bits: int) -> torch.Tensor:
+    """Scale for a calibrated ``amax`` (any shape), the same formula as above."""
+    return amax.clamp_min(EPS) / qmax_for(bits)
+
+
+def quantize(
+    x: torch.Tensor,
+    bits: int,
+    keep_dims: tuple[int, ...] | None = (0,),
+    scale: torch.Tensor | None = None,
+    return_mask: bool = False,
+):
+    """Quantize ``x`` to ``bits`` bits.
+
+    Args:
+      x: float32, any shape.
+      bits: 2..8.
+      keep_dims: see :func:`compute_scale`; ignored when ``scale`` is given.
+      scale: a fixed scale broadcastable to ``x`` (static quantization).
+      return_mask: also return the bool mask of values that were not clamped.
+    Returns:
+      ``(q, scale)`` or ``(q, scale, mask)``: ``q`` int8 of ``x.shape`` with values in
+      ``[-qmax, qmax]``; ``scale`` float32 broadcastable to ``x``.
+    """
+    qmax = qmax_for(bits)
+    if scale is None:
+        scale = compute_scale(x, bits, keep_dims)
+    r = torch.round(x.detach() / scale)
+    mask = r.abs() <= qmax if return_mask else None
+    q = r.clamp_(-qmax, qmax).to(torch.int8)
+    return (q, scale, mask) if return_mask else (q, scale)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``q * scale`` in float32. q: int8 (any shape), scale: broadcastable float32."""
+    return q.to(torch.float32) * scale
+
+
+class FakeQuantSTE(torch.autograd.Function):
+    """``dequantize(quantize(x))`` with a straight-through gradient masked outside
+    the clip range."""
+
+    @staticmethod
+    def forward(ctx, x, bits, keep_dims, scale):  # noqa: D401
+        q, s, mask = quantize(x, bits, keep_dims, scale, return_mask=True)
+        ctx.save_for_backward(mask)
+        return dequantize(q, s)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None, None, None
+
+
+def fake_quant(
+    x: torch.Tensor,
+    bits: int | None,
+    keep_dims: tuple[int, ...] | None = (0,),
+    scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Quantize-dequantize with STE; identity when ``bits`` is None (float)."""
+    if bits is None:
+        return x
+    return FakeQuantSTE.apply(x, bits, keep_dims, scale)
