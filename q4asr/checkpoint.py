@@ -18,11 +18,31 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from q4asr.utils import atomic_write
+from q4asr.utils import atomic_write, get_env_info
 
 log = logging.getLogger(__name__)
 
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)\.pt$")
+
+
+def to_plain(obj: Any) -> Any:
+    """``obj`` with str/int/float subclasses (e.g. ``torch.__version__``) made plain,
+    so that ``torch.load(weights_only=True)`` can read it back."""
+    if isinstance(obj, dict):
+        return {to_plain(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_plain(v) for v in obj)
+    if isinstance(obj, bool) or obj is None or torch.is_tensor(obj):
+        return obj
+    for t in (str, int, float):
+        if isinstance(obj, t):
+            return t(obj)
+    return obj
+
+
+def env_info() -> dict[str, Any]:
+    """``q4asr.utils.get_env_info()`` as plain containers (safe to checkpoint)."""
+    return to_plain(get_env_info())
 
 
 def checkpoint_path(exp_dir: str | Path, step: int) -> Path:

@@ -140,7 +140,6 @@ class TrainConfig:
     model_warmup_steps: int = 2000
     spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
     on_the_fly_features: bool = False
-    num_mel_bins: int = 80
     max_utterance_duration: float = 30.0
     num_workers: int = 2
     log_every: int = 50
@@ -157,11 +156,11 @@ class TrainConfig:
             raise ConfigError(f"{w}.spec_augment: expected a mapping, "
                               f"got {self.spec_augment!r}")
         _integer(self, w, "seed", "max_steps", "num_epochs", "num_buckets",
-                 "warmup_steps", "model_warmup_steps", "num_mel_bins", "num_workers",
+                 "warmup_steps", "model_warmup_steps", "num_workers",
                  "log_every", "valid_every", "checkpoint_every",
                  "keep_last_checkpoints", "num_threads")
         _positive(self, w, "max_steps", "num_epochs", "max_duration", "num_buckets",
-                  "lr", "model_warmup_steps", "num_mel_bins", "max_utterance_duration",
+                  "lr", "model_warmup_steps", "max_utterance_duration",
                   "log_every", "valid_every", "checkpoint_every",
                   "keep_last_checkpoints", "num_threads", "grad_clip")
         _positive(self, w, "warmup_steps", "weight_decay", "num_workers",
