@@ -23,8 +23,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
+import torch
 from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter, load_manifest
+from lhotse.utils import fastcopy
 
+from q4asr.data.kaldi import resample
 from q4asr.utils import setup_logging
 
 log = logging.getLogger(__name__)
@@ -78,9 +81,18 @@ def _compute_job(
     with LilcomChunkyWriter(storage_path) as writer:
         for cut in cuts:
             try:
-                if cut.sampling_rate != SAMPLE_RATE:
-                    cut = cut.resample(SAMPLE_RATE)
-                out.append(cut.compute_and_store_features(extractor, writer))
+                if cut.sampling_rate == SAMPLE_RATE:
+                    out.append(cut.compute_and_store_features(extractor, writer))
+                else:  # lhotse's own resampling needs torchaudio or scipy
+                    samples = resample(
+                        torch.from_numpy(cut.load_audio()), cut.sampling_rate,
+                        SAMPLE_RATE,
+                    )
+                    feats = extractor.extract_from_samples_and_store(
+                        samples.numpy(), storage=writer, sampling_rate=SAMPLE_RATE,
+                        offset=cut.start, channel=cut.channel,
+                    )
+                    out.append(fastcopy(cut, features=feats))
             except Exception as e:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else ""
                 failures.append(

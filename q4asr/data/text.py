@@ -72,7 +72,7 @@ def normalize(sentence: str) -> str | None:
         if tok.isdigit():
             if len(tok) > 2:
                 return None
-            words.extend(spell_number(int(tok)).split())
+            words.extend(spell_number(int(tok)).upper().split())
             continue
         if any(c.isdigit() for c in tok):  # 9th, 1990s, 3D
             return None

@@ -1,0 +1,174 @@
+"""Kaldi data directories -> lhotse manifests, and audio loading for transcription.
+
+A Kaldi data dir holds ``wav.scp`` (``<recording-id> <audio path>``), optionally
+``text`` (``<utterance-id> <words...>``) and ``segments`` (``<utterance-id>
+<recording-id> <start> <end>``); ``utt2spk``/``spk2utt`` are ignored. Relative audio
+paths are resolved against the data dir. Pipe entries (``<id> cmd args |``) and
+``ark:`` offsets are reported as failures: convert such audio to files first (for
+example with ``sox``). A missing or unreadable audio file is reported by name in the
+returned failure list, never raised.
+
+Multi-channel recordings keep their channels in the recording manifest; their
+supervisions (and so the features) use channel 0. :func:`load_audio` instead
+averages channels to mono, as transcription needs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from lhotse import Recording, RecordingSet, SupervisionSegment, SupervisionSet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class KaldiDataDir:
+    """What :func:`read_kaldi_data_dir` found: manifests in wav.scp order, failures."""
+
+    recordings: RecordingSet
+    supervisions: SupervisionSet
+    failures: list[str] = field(default_factory=list)
+
+
+def _read_table(path: Path) -> list[tuple[int, str, str]]:
+    """(line number, key, rest of line) for each non-empty line of a Kaldi table."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            key, _, rest = line.partition(" ")
+            out.append((n, key, rest.strip()))
+    return out
+
+
+def read_kaldi_data_dir(data_dir: str | Path) -> KaldiDataDir:
+    """Read ``data_dir`` into lhotse manifests, keeping wav.scp order.
+
+    Raises FileNotFoundError when ``wav.scp`` is missing and ValueError for a
+    malformed ``segments`` line; every problem with a single recording (missing or
+    unreadable file, pipe entry, duplicate id, empty path) becomes a one-line
+    message in ``failures`` naming the file, line and recording.
+    """
+    data_dir = Path(data_dir)
+    scp = data_dir / "wav.scp"
+    if not scp.is_file():
+        raise FileNotFoundError(f"{scp}: not found (a Kaldi data dir needs wav.scp)")
+    recordings: list[Recording] = []
+    failures: list[str] = []
+    seen: set[str] = set()
+    for n, rec_id, rest in _read_table(scp):
+        where = f"{scp}:{n}: recording {rec_id}"
+        if rec_id in seen:
+            failures.append(f"{where}: duplicate id, skipped")
+            continue
+        seen.add(rec_id)
+        if not rest:
+            failures.append(f"{where}: no audio path, skipped")
+            continue
+        if rest.endswith("|"):
+            failures.append(
+                f"{where}: pipe entries ('cmd ... |') are not supported; write the "
+                "audio to files (e.g. with sox) and list their paths"
+            )
+            continue
+        path = Path(rest)
+        if not path.is_absolute():
+            path = data_dir / path
+        if not path.is_file():
+            failures.append(f"{where}: audio file {path} not found, skipped")
+            continue
+        try:
+            rec = Recording.from_file(path, recording_id=rec_id)
+        except Exception as e:
+            msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            failures.append(
+                f"{where}: audio file {path} unreadable ({type(e).__name__}: {msg}), "
+                "skipped"
+            )
+            continue
+        recordings.append(rec)
+    by_id = {r.id: r for r in recordings}
+
+    texts: dict[str, str] = {}
+    if (data_dir / "text").is_file():
+        texts = {k: v for _, k, v in _read_table(data_dir / "text")}
+
+    sups: list[SupervisionSegment] = []
+    seg_path = data_dir / "segments"
+    if seg_path.is_file():
+        for n, utt, rest in _read_table(seg_path):
+            parts = rest.split()
+            try:
+                rec_id, start, end = parts[0], float(parts[1]), float(parts[2])
+            except (IndexError, ValueError):
+                raise ValueError(
+                    f"{seg_path}:{n}: expected '<utt> <recording> <start> <end>', "
+                    f"got {utt} {rest!r}"
+                ) from None
+            rec = by_id.get(rec_id)
+            if rec is None:
+                continue  # its recording failed and is already reported
+            end = min(end, rec.duration) if end > 0 else rec.duration
+            if not 0 <= start < end:
+                failures.append(f"{seg_path}:{n}: utterance {utt}: empty segment, skipped")
+                continue
+            sups.append(
+                SupervisionSegment(id=utt, recording_id=rec_id, start=start,
+                                   duration=round(end - start, 6), channel=0,
+                                   text=texts.get(utt))
+            )
+    else:
+        for rec in recordings:
+            sups.append(
+                SupervisionSegment(id=rec.id, recording_id=rec.id, start=0.0,
+                                   duration=rec.duration, channel=0,
+                                   text=texts.get(rec.id))
+            )
+    for m in failures:
+        log.warning("%s", m)
+    return KaldiDataDir(
+        recordings=RecordingSet.from_recordings(recordings),
+        supervisions=SupervisionSet.from_segments(sups),
+        failures=failures,
+    )
+
+
+def resample(samples: torch.Tensor, orig_sr: int, target_sr: int) -> torch.Tensor:
+    """Band-limited sinc resampling (lhotse's torch port of torchaudio's).
+
+    samples: (..., S) float -> (..., S') float with S' = ceil(S * target_sr / orig_sr).
+    """
+    if orig_sr == target_sr:
+        return samples
+    from lhotse.augmentation.resample import Resample
+
+    return Resample(orig_sr, target_sr)(samples)
+
+
+def load_audio(path: str | Path, target_sr: int = 16000) -> torch.Tensor:
+    """Read an audio file, average its channels to mono, resample to ``target_sr``.
+
+    Returns ``(S,) float32`` in [-1, 1]. Raises ValueError naming the file when it
+    is missing, unreadable or empty.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: audio file not found")
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (S, C)
+    except Exception as e:
+        raise ValueError(f"{path}: unreadable audio ({type(e).__name__}: {e})") from None
+    if data.shape[0] == 0:
+        raise ValueError(f"{path}: audio file is empty")
+    mono = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
+    out = resample(mono, sr, target_sr)
+    assert out.ndim == 1, out.shape
+    return out.contiguous()
