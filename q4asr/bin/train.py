@@ -211,14 +211,13 @@ def build_model(cfg: Config, tokenizer: Tokenizer) -> tuple[torch.nn.Module, dic
     return _build(mcfg), mcfg.to_dict()
 
 
-def read_plan(path: str | None) -> dict[str, str] | None:
-    """The plan as stored in checkpoints: its path and its YAML text."""
+def read_plan(path: str | None) -> Any:
+    """The validated ``PrecisionPlan`` at ``path`` (None for float training)."""
     if path is None:
         return None
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such precision plan")
-    return {"path": str(p), "yaml": p.read_text()}
+    from q4asr.quant import load_plan
+
+    return load_plan(path)
 
 
 def model_state_from(path: str | Path) -> dict[str, torch.Tensor]:
@@ -249,7 +248,9 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
     exp_dir = Path(args.exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = Tokenizer(args.bpe_model)
-    plan_info = read_plan(cfg.quant.plan)
+    plan = read_plan(cfg.quant.plan)
+    # Stored in checkpoints as plain data: PrecisionPlan.from_dict(ckpt["plan"]).
+    plan_info = plan.to_dict() if plan is not None else None
 
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
@@ -261,11 +262,11 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
     if ckpt is None and cfg.quant.init_from:
         model.load_state_dict(model_state_from(cfg.quant.init_from))
         log.info("initialised the model from %s", cfg.quant.init_from)
-    if plan_info is not None:
-        from q4asr.quant import load_plan, prepare
+    if plan is not None:
+        from q4asr.quant import prepare
 
-        prepare(model, load_plan(plan_info["path"]))
-        log.info("prepared for QAT with plan %s", plan_info["path"])
+        model = prepare(model, plan)
+        log.info("prepared for QAT with plan %s", cfg.quant.plan)
     model.to(device)
     num_params = sum(p.numel() for p in model.parameters())
     log.info("model: %.2fM parameters", num_params / 1e6)
@@ -353,6 +354,7 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
             "config": cfg.to_dict(),
             "model_config": model_cfg_dict,
             "plan": plan_info,
+            "plan_path": cfg.quant.plan,
             "bpe_model": str(args.bpe_model),
             "world_size": d.world_size,
             "env": env_info(),
@@ -506,7 +508,8 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
     summary = None
     if d.is_main:
         final = {"model": model.state_dict(), "config": cfg.to_dict(),
-                 "model_config": model_cfg_dict, "plan": plan_info, "step": step,
+                 "model_config": model_cfg_dict, "plan": plan_info,
+                 "plan_path": cfg.quant.plan, "step": step,
                  "bpe_model": str(args.bpe_model), "env": env_info()}
         save_checkpoint(exp_dir / "final.pt", final)
         wall = totals["train_seconds"]
@@ -541,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         train(args)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, ValueError) as e:
         log.error("%s", e)
         return 2
     return 0
