@@ -39,9 +39,18 @@ def build_tiny_corpus(root: Path, seed: int = 0, num_train: int = 40) -> TinyCor
     from q4asr.data.text import TextConfig, load_sentences
     from q4asr.data.tokenizer import train_bpe
 
-    sentences = load_sentences(TextConfig(vocab_size=400, min_words=2, max_words=6), seed)
-    config = SynthConfig(num_train=num_train, num_dev=8, num_test=8, seed=seed,
-                         vocab_size=400, min_words=2, max_words=6)
+    sentences = load_sentences(
+        TextConfig(vocab_size=400, min_words=2, max_words=6), seed
+    )
+    config = SynthConfig(
+        num_train=num_train,
+        num_dev=8,
+        num_test=8,
+        seed=seed,
+        vocab_size=400,
+        min_words=2,
+        max_words=6,
+    )
     synthesize_corpus(config, root, num_jobs=1, sentences=sentences, progress=False)
     manifest_dir = root / "manifests"
     fbank_dir = root / "fbank"
@@ -54,8 +63,15 @@ def build_tiny_corpus(root: Path, seed: int = 0, num_train: int = 40) -> TinyCor
         texts[part] = [s.text for s in sups]
     vocab = 64
     bpe = train_bpe(texts["train"], root / "lang_bpe" / "bpe", vocab)
-    return TinyCorpus(root=root, manifest_dir=manifest_dir, fbank_dir=fbank_dir,
-                      cuts=cuts, bpe_model=bpe, bpe_vocab_size=vocab, texts=texts)
+    return TinyCorpus(
+        root=root,
+        manifest_dir=manifest_dir,
+        fbank_dir=fbank_dir,
+        cuts=cuts,
+        bpe_model=bpe,
+        bpe_vocab_size=vocab,
+        texts=texts,
+    )
 
 
 @pytest.fixture(scope="session")

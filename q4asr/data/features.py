@@ -85,12 +85,16 @@ def _compute_job(
                     out.append(cut.compute_and_store_features(extractor, writer))
                 else:  # lhotse's own resampling needs torchaudio or scipy
                     samples = resample(
-                        torch.from_numpy(cut.load_audio()), cut.sampling_rate,
+                        torch.from_numpy(cut.load_audio()),
+                        cut.sampling_rate,
                         SAMPLE_RATE,
                     )
                     feats = extractor.extract_from_samples_and_store(
-                        samples.numpy(), storage=writer, sampling_rate=SAMPLE_RATE,
-                        offset=cut.start, channel=cut.channel,
+                        samples.numpy(),
+                        storage=writer,
+                        sampling_rate=SAMPLE_RATE,
+                        offset=cut.start,
+                        channel=cut.channel,
                     )
                     out.append(fastcopy(cut, features=feats))
             except Exception as e:
@@ -131,13 +135,19 @@ def compute_fbank(
     out_dir.mkdir(parents=True, exist_ok=True)
     num_jobs = max(1, min(num_jobs, len(cuts)))
     if num_jobs == 1:
-        results = [_compute_job(cuts, out_dir / f"{prefix}_feats_{part}.lca", num_mel_bins)]
+        results = [
+            _compute_job(cuts, out_dir / f"{prefix}_feats_{part}.lca", num_mel_bins)
+        ]
     else:
         splits = cuts.split(num_jobs)
         with ProcessPoolExecutor(num_jobs) as ex:
             futs = [
-                ex.submit(_compute_job, s, out_dir / f"{prefix}_feats_{part}_{i}.lca",
-                          num_mel_bins)
+                ex.submit(
+                    _compute_job,
+                    s,
+                    out_dir / f"{prefix}_feats_{part}_{i}.lca",
+                    num_mel_bins,
+                )
                 for i, s in enumerate(splits)
             ]
             results = [f.result() for f in futs]
@@ -151,8 +161,14 @@ def compute_fbank(
     tmp = cuts_path.with_name(f".tmp.{cuts_path.name}")
     done.to_file(tmp)
     os.replace(tmp, cuts_path)
-    log.info("%s %s: %d cuts (%d skipped) -> %s", prefix, part, len(done),
-             len(failures), cuts_path)
+    log.info(
+        "%s %s: %d cuts (%d skipped) -> %s",
+        prefix,
+        part,
+        len(done),
+        len(failures),
+        cuts_path,
+    )
     return cuts_path, failures
 
 
@@ -171,8 +187,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
     setup_logging()
     for part in args.parts:
-        compute_fbank(args.manifests, args.out_dir, args.prefix, part,
-                      args.num_mel_bins, args.nj)
+        compute_fbank(
+            args.manifests, args.out_dir, args.prefix, part, args.num_mel_bins, args.nj
+        )
 
 
 if __name__ == "__main__":

@@ -118,19 +118,31 @@ def read_kaldi_data_dir(data_dir: str | Path) -> KaldiDataDir:
                 continue  # its recording failed and is already reported
             end = min(end, rec.duration) if end > 0 else rec.duration
             if not 0 <= start < end:
-                failures.append(f"{seg_path}:{n}: utterance {utt}: empty segment, skipped")
+                failures.append(
+                    f"{seg_path}:{n}: utterance {utt}: empty segment, skipped"
+                )
                 continue
             sups.append(
-                SupervisionSegment(id=utt, recording_id=rec_id, start=start,
-                                   duration=round(end - start, 6), channel=0,
-                                   text=texts.get(utt))
+                SupervisionSegment(
+                    id=utt,
+                    recording_id=rec_id,
+                    start=start,
+                    duration=round(end - start, 6),
+                    channel=0,
+                    text=texts.get(utt),
+                )
             )
     else:
         for rec in recordings:
             sups.append(
-                SupervisionSegment(id=rec.id, recording_id=rec.id, start=0.0,
-                                   duration=rec.duration, channel=0,
-                                   text=texts.get(rec.id))
+                SupervisionSegment(
+                    id=rec.id,
+                    recording_id=rec.id,
+                    start=0.0,
+                    duration=rec.duration,
+                    channel=0,
+                    text=texts.get(rec.id),
+                )
             )
     for m in failures:
         log.warning("%s", m)
@@ -165,7 +177,9 @@ def load_audio(path: str | Path, target_sr: int = 16000) -> torch.Tensor:
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (S, C)
     except Exception as e:
-        raise ValueError(f"{path}: unreadable audio ({type(e).__name__}: {e})") from None
+        raise ValueError(
+            f"{path}: unreadable audio ({type(e).__name__}: {e})"
+        ) from None
     if data.shape[0] == 0:
         raise ValueError(f"{path}: audio file is empty")
     mono = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))

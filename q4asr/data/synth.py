@@ -63,12 +63,34 @@ SPLITS = ("train", "dev", "test", "test_heldout")
 NUM_VARIATIONS = 3
 
 ESPEAK_LANGS = (
-    "en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan",
+    "en-us",
+    "en",
+    "en-gb-scotland",
+    "en-gb-x-rp",
+    "en-029",
+    "en-gb-x-gbclan",
     "en-gb-x-gbcwmd",
 )
 ESPEAK_VARIANTS_SEEN = (
-    "m1", "m2", "m3", "m4", "m5", "m6", "f1", "f2", "f3", "f5",
-    "klatt", "klatt2", "klatt3", "klatt5", "max", "john", "edward", "linda", "david",
+    "m1",
+    "m2",
+    "m3",
+    "m4",
+    "m5",
+    "m6",
+    "f1",
+    "f2",
+    "f3",
+    "f5",
+    "klatt",
+    "klatt2",
+    "klatt3",
+    "klatt5",
+    "max",
+    "john",
+    "edward",
+    "linda",
+    "david",
 )
 ESPEAK_VARIANTS_HELDOUT = ("m7", "f4", "klatt4")
 FLITE_SEEN = ("kal", "kal16", "rms", "slt")
@@ -124,7 +146,9 @@ def available_voices(engine: str, names: Sequence[str]) -> list[Voice]:
     if engine == "festival":
         if shutil.which("festival") is None:
             return []
-        have = {p.name for d in FESTIVAL_VOICE_DIRS if d.is_dir() for p in d.glob("*/*")}
+        have = {
+            p.name for d in FESTIVAL_VOICE_DIRS if d.is_dir() for p in d.glob("*/*")
+        }
         return [Voice("festival", n) for n in names if n in have]
     raise ValueError(f"unknown engine {engine!r}")
 
@@ -181,7 +205,9 @@ class SynthConfig:
     def __post_init__(self) -> None:
         for name in ("num_train", "num_dev", "num_test"):
             if getattr(self, name) < 0:
-                raise ValueError(f"SynthConfig.{name} must be >= 0, got {getattr(self, name)}")
+                raise ValueError(
+                    f"SynthConfig.{name} must be >= 0, got {getattr(self, name)}"
+                )
         if self.num_train == 0:
             raise ValueError("SynthConfig.num_train must be > 0")
         if self.audio_format not in ("flac", "wav"):
@@ -227,7 +253,9 @@ def make_plan(
 
     seen, held = voice_groups()
 
-    def assign(split: str, texts: list[str], groups: dict[str, list[Voice]]) -> list[UttPlan]:
+    def assign(
+        split: str, texts: list[str], groups: dict[str, list[Voice]]
+    ) -> list[UttPlan]:
         engines = sorted(groups)
         weights = [ENGINE_WEIGHTS[e] for e in engines]
         srng = random.Random(f"{config.seed}:{split}")
@@ -238,7 +266,9 @@ def make_plan(
             k = srng.randrange(NUM_VARIATIONS)
             speed, pitch = _variation(config.seed, voice, k)
             speed *= srng.uniform(0.95, 1.05)
-            pitch += srng.uniform(-5, 5) if engine == "espeak" else srng.uniform(-50, 50)
+            pitch += (
+                srng.uniform(-5, 5) if engine == "espeak" else srng.uniform(-50, 50)
+            )
             utt_id = f"{split}-{i:06d}"
             plans.append(
                 UttPlan(
@@ -251,7 +281,9 @@ def make_plan(
                     speed=round(speed, 3),
                     pitch=round(pitch, 1),
                     peak_db=round(srng.uniform(1.0, 8.0), 1),
-                    path=str(out_dir / "wav" / split / f"{utt_id}.{config.audio_format}"),
+                    path=str(
+                        out_dir / "wav" / split / f"{utt_id}.{config.audio_format}"
+                    ),
                 )
             )
         return plans
@@ -292,15 +324,33 @@ def _sox_finish(raw: Path, plan: UttPlan) -> None:
 def _run_espeak(plan: UttPlan, raw: Path) -> None:
     wpm = max(80, min(450, round(175 * plan.speed)))
     pitch = max(0, min(99, round(plan.pitch)))
-    cmd = ["espeak-ng", "-v", plan.voice, "-s", str(wpm), "-p", str(pitch),
-           "-w", str(raw), plan.text.lower()]
+    cmd = [
+        "espeak-ng",
+        "-v",
+        plan.voice,
+        "-s",
+        str(wpm),
+        "-p",
+        str(pitch),
+        "-w",
+        str(raw),
+        plan.text.lower(),
+    ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=60)
 
 
 def _run_flite(plan: UttPlan, raw: Path) -> None:
-    cmd = ["flite", "-voice", plan.voice, "--setf",
-           f"duration_stretch={1.0 / plan.speed:.3f}", "-t", plan.text.lower(),
-           "-o", str(raw)]
+    cmd = [
+        "flite",
+        "-voice",
+        plan.voice,
+        "--setf",
+        f"duration_stretch={1.0 / plan.speed:.3f}",
+        "-t",
+        plan.text.lower(),
+        "-o",
+        str(raw),
+    ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=60)
 
 
@@ -317,11 +367,16 @@ def _run_festival(plans: Sequence[UttPlan], raws: Sequence[Path], tmp: Path) -> 
         )
     script = tmp / f"batch_{plans[0].utt_id}.scm"
     script.write_text("\n".join(lines) + "\n")
-    subprocess.run(["festival", "-b", str(script)], capture_output=True,
-                   timeout=60 + 10 * len(plans))
+    subprocess.run(
+        ["festival", "-b", str(script)],
+        capture_output=True,
+        timeout=60 + 10 * len(plans),
+    )
 
 
-def synth_chunk(plans: Sequence[UttPlan]) -> list[tuple[UttPlan, Recording | None, str]]:
+def synth_chunk(
+    plans: Sequence[UttPlan],
+) -> list[tuple[UttPlan, Recording | None, str]]:
     """Synthesise ``plans`` (skipping those already on disk).
 
     Returns (plan, recording or None, error message) per plan; never raises for
@@ -356,11 +411,15 @@ def synth_chunk(plans: Sequence[UttPlan]) -> list[tuple[UttPlan, Recording | Non
                 elif p.engine == "flite":
                     _run_flite(p, raw[p.utt_id])
                 if not raw[p.utt_id].exists():
-                    raise RuntimeError(errors.get(p.utt_id, f"{p.engine} wrote no audio"))
+                    raise RuntimeError(
+                        errors.get(p.utt_id, f"{p.engine} wrote no audio")
+                    )
                 _sox_finish(raw[p.utt_id], p)
             except subprocess.CalledProcessError as e:
                 msg = (e.stderr or b"").decode(errors="replace").strip().splitlines()
-                errors[p.utt_id] = f"{e.cmd[0]} failed: {msg[-1] if msg else e.returncode}"
+                errors[p.utt_id] = (
+                    f"{e.cmd[0]} failed: {msg[-1] if msg else e.returncode}"
+                )
             except Exception as e:
                 errors[p.utt_id] = f"{type(e).__name__}: {e}"
     for p in plans:
@@ -380,10 +439,20 @@ def _write_manifests(
     recs = RecordingSet.from_recordings(r for _, r in done)
     sups = SupervisionSet.from_segments(
         SupervisionSegment(
-            id=p.utt_id, recording_id=p.utt_id, start=0.0, duration=r.duration,
-            channel=0, text=p.text, speaker=p.speaker, language="English",
-            custom={"engine": p.engine, "voice": p.voice, "speed": p.speed,
-                    "pitch": p.pitch},
+            id=p.utt_id,
+            recording_id=p.utt_id,
+            start=0.0,
+            duration=r.duration,
+            channel=0,
+            text=p.text,
+            speaker=p.speaker,
+            language="English",
+            custom={
+                "engine": p.engine,
+                "voice": p.voice,
+                "speed": p.speed,
+                "pitch": p.pitch,
+            },
         )
         for p, r in done
     )
@@ -422,7 +491,9 @@ def synthesize_corpus(
     failed = 0
     new_audio = 0.0
     t0 = time.time()
-    bar = tqdm(total=len(all_plans), desc="synthesising", unit="utt", disable=not progress)
+    bar = tqdm(
+        total=len(all_plans), desc="synthesising", unit="utt", disable=not progress
+    )
 
     def collect(res: list[tuple[UttPlan, Recording | None, str]]) -> None:
         nonlocal failed, new_audio
@@ -451,25 +522,40 @@ def synthesize_corpus(
         done = [results[p.utt_id] for p in plan[split] if p.utt_id in results]
         if not done:
             if plan[split]:
-                raise RuntimeError(f"{out_dir}: no utterance of {split} was synthesised")
+                raise RuntimeError(
+                    f"{out_dir}: no utterance of {split} was synthesised"
+                )
             continue
         audio += sum(r.duration for _, r in done)
         _write_manifests(out_dir / "manifests", split, done, prefix)
-        log.info("%s: %d utterances, %.2f h", split, len(done),
-                 sum(r.duration for _, r in done) / 3600)
+        log.info(
+            "%s: %d utterances, %.2f h",
+            split,
+            len(done),
+            sum(r.duration for _, r in done) / 3600,
+        )
     stats = {
-        "audio_s": audio, "wall_s": wall, "num_utts": float(len(results)),
-        "num_failed": float(failed), "new_audio_s": new_audio,
+        "audio_s": audio,
+        "wall_s": wall,
+        "num_utts": float(len(results)),
+        "num_failed": float(failed),
+        "new_audio_s": new_audio,
         "x_real_time": new_audio / wall if wall > 0 else 0.0,
     }
-    log.info("synthesised %.1f s of new audio in %.1f s (%.0fx real time), %d failed",
-             new_audio, wall, stats["x_real_time"], failed)
+    log.info(
+        "synthesised %.1f s of new audio in %.1f s (%.0fx real time), %d failed",
+        new_audio,
+        wall,
+        stats["x_real_time"],
+        failed,
+    )
     return stats
 
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawTextHelpFormatter,
     )
     p.add_argument("--out-dir", required=True, type=Path)
     p.add_argument("--num-train", type=int, required=True)
@@ -477,8 +563,12 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-test", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nj", type=int, default=1, help="parallel synthesis processes")
-    p.add_argument("--vocab-size", type=int, default=3000,
-                   help="keep sentences whose words are all in the N most frequent")
+    p.add_argument(
+        "--vocab-size",
+        type=int,
+        default=3000,
+        help="keep sentences whose words are all in the N most frequent",
+    )
     p.add_argument("--min-words", type=int, default=3)
     p.add_argument("--max-words", type=int, default=14)
     p.add_argument("--audio-format", choices=["flac", "wav"], default="flac")
@@ -489,9 +579,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
     setup_logging()
     config = SynthConfig(
-        num_train=args.num_train, num_dev=args.num_dev, num_test=args.num_test,
-        seed=args.seed, vocab_size=args.vocab_size, min_words=args.min_words,
-        max_words=args.max_words, audio_format=args.audio_format,
+        num_train=args.num_train,
+        num_dev=args.num_dev,
+        num_test=args.num_test,
+        seed=args.seed,
+        vocab_size=args.vocab_size,
+        min_words=args.min_words,
+        max_words=args.max_words,
+        audio_format=args.audio_format,
     )
     log.info("config: %s", asdict(config))
     synthesize_corpus(config, args.out_dir, num_jobs=args.nj)

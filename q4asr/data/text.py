@@ -116,7 +116,9 @@ class TextConfig:
 
     def __post_init__(self) -> None:
         if self.vocab_size < 1:
-            raise ValueError(f"TextConfig.vocab_size must be >= 1, got {self.vocab_size}")
+            raise ValueError(
+                f"TextConfig.vocab_size must be >= 1, got {self.vocab_size}"
+            )
         if self.min_words < 1:
             raise ValueError(f"TextConfig.min_words must be >= 1, got {self.min_words}")
         if self.max_words < self.min_words:
@@ -178,7 +180,11 @@ def load_sentences(
     log.info(
         "%d raw WordNet examples -> %d normalised unique -> %d within %d words, "
         "%d-%d words long",
-        len(raw), len(norm), len(kept), config.vocab_size, config.min_words,
+        len(raw),
+        len(norm),
+        len(kept),
+        config.vocab_size,
+        config.min_words,
         config.max_words,
     )
     if not kept:
@@ -194,8 +200,12 @@ def load_sentences(
 def main() -> None:  # pragma: no cover - a reporting helper
     import argparse
 
-    p = argparse.ArgumentParser(description="Count WordNet sentences per vocabulary cap")
-    p.add_argument("--vocab-sizes", type=int, nargs="+", default=[500, 1000, 2000, 3000])
+    p = argparse.ArgumentParser(
+        description="Count WordNet sentences per vocabulary cap"
+    )
+    p.add_argument(
+        "--vocab-sizes", type=int, nargs="+", default=[500, 1000, 2000, 3000]
+    )
     p.add_argument("--min-words", type=int, default=3)
     p.add_argument("--max-words", type=int, default=14)
     a = p.parse_args()

@@ -4,7 +4,13 @@ import logging
 
 import numpy as np
 import soundfile as sf
-from lhotse import Recording, RecordingSet, SupervisionSegment, SupervisionSet, load_manifest
+from lhotse import (
+    Recording,
+    RecordingSet,
+    SupervisionSegment,
+    SupervisionSet,
+    load_manifest,
+)
 
 from q4asr.data.features import FEATURE_CONFIG, compute_fbank, fbank_extractor
 
@@ -14,8 +20,14 @@ def _write_manifests(tmp_path, recs, part="x"):
     mdir.mkdir(exist_ok=True)
     RecordingSet.from_recordings(recs).to_file(mdir / f"t_recordings_{part}.jsonl.gz")
     SupervisionSet.from_segments(
-        SupervisionSegment(id=r.id, recording_id=r.id, start=0, duration=r.duration,
-                           channel=0, text="A B")
+        SupervisionSegment(
+            id=r.id,
+            recording_id=r.id,
+            start=0,
+            duration=r.duration,
+            channel=0,
+            text="A B",
+        )
         for r in recs
     ).to_file(mdir / f"t_supervisions_{part}.jsonl.gz")
     return mdir
@@ -33,11 +45,16 @@ def test_corrupt_audio_skipped_and_other_rates_resampled(tmp_path, caplog):
     tone16 = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
     sf.write(tmp_path / "a16.wav", tone16, 16000)
     t8 = np.arange(8000) / 8000
-    sf.write(tmp_path / "a8.wav", (0.3 * np.sin(2 * np.pi * 440 * t8)).astype(np.float32),
-             8000)
+    sf.write(
+        tmp_path / "a8.wav",
+        (0.3 * np.sin(2 * np.pi * 440 * t8)).astype(np.float32),
+        8000,
+    )
     sf.write(tmp_path / "bad.wav", tone16, 16000)
-    recs = [Recording.from_file(tmp_path / n, recording_id=n[:-4])
-            for n in ("a16.wav", "a8.wav", "bad.wav")]
+    recs = [
+        Recording.from_file(tmp_path / n, recording_id=n[:-4])
+        for n in ("a16.wav", "a8.wav", "bad.wav")
+    ]
     (tmp_path / "bad.wav").write_bytes(b"RIFF garbage")  # corrupted after listing
     mdir = _write_manifests(tmp_path, recs)
     with caplog.at_level(logging.WARNING):

@@ -40,7 +40,9 @@ def test_segments_and_missing_wav_scp(tmp_path):
     (tmp_path / "text").write_text("a ONE\nb TWO\n")
     res = read_kaldi_data_dir(tmp_path)
     assert [(s.id, s.start, s.duration, s.text) for s in res.supervisions] == [
-        ("a", 0.0, 0.5, "ONE"), ("b", 1.0, 0.75, "TWO")]
+        ("a", 0.0, 0.5, "ONE"),
+        ("b", 1.0, 0.75, "TWO"),
+    ]
     with pytest.raises(FileNotFoundError, match="wav.scp"):
         read_kaldi_data_dir(tmp_path / "nothing")
 

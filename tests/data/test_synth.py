@@ -37,10 +37,14 @@ def test_plan_splits_by_sentence_and_holds_out_voices(sentences, tmp_path):
     seen = voices["train"] | voices["dev"] | voices["test"]
     assert not voices["test_heldout"] & seen
     variants = {v.split("+")[-1] for e, v in seen if e == "espeak"}
-    held_variants = {v.split("+")[-1] for e, v in voices["test_heldout"] if e == "espeak"}
+    held_variants = {
+        v.split("+")[-1] for e, v in voices["test_heldout"] if e == "espeak"
+    }
     assert not variants & held_variants
     assert len({p.engine for p in plan["train"]}) == 3  # espeak, flite, festival
-    assert len({p.utt_id for s in SPLITS for p in plan[s]}) == sum(map(len, plan.values()))
+    assert len({p.utt_id for s in SPLITS for p in plan[s]}) == sum(
+        map(len, plan.values())
+    )
 
 
 def test_plan_is_deterministic(sentences, tmp_path):
@@ -83,8 +87,13 @@ def test_synthesis_deterministic_resumable(sentences, tmp_path):
 def test_tts_failure_is_logged_and_skipped(sentences, tmp_path, caplog, monkeypatch):
     cfg = SynthConfig(num_train=2, num_dev=1, num_test=1, seed=0)
     good = make_plan(cfg, tmp_path, sentences)["train"][0]
-    bad = replace(good, utt_id="train-bad", engine="festival", voice="no_such_voice",
-                  path=str(tmp_path / "wav" / "train" / "bad.flac"))
+    bad = replace(
+        good,
+        utt_id="train-bad",
+        engine="festival",
+        voice="no_such_voice",
+        path=str(tmp_path / "wav" / "train" / "bad.flac"),
+    )
     res = synth_chunk([bad, good])
     assert res[0][1] is None and "festival" in res[0][2]
     assert res[1][1] is not None and res[1][1].duration > 0.3
@@ -99,8 +108,10 @@ def test_tts_failure_is_logged_and_skipped(sentences, tmp_path, caplog, monkeypa
     with caplog.at_level(logging.WARNING):
         stats = synthesize_corpus(cfg, tmp_path, sentences=sentences, progress=False)
     assert stats["num_failed"] == 1
-    assert any("train-bad" in r.getMessage() and "skipped" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "train-bad" in r.getMessage() and "skipped" in r.getMessage()
+        for r in caplog.records
+    )
     sups = load_manifest(tmp_path / "manifests" / "synth_supervisions_train.jsonl.gz")
     assert [s.id for s in sups] == ["train-000000", "train-000001"]
 

@@ -16,13 +16,24 @@ from q4asr.data.text import (
 def test_normalize_keeps_words_and_apostrophes():
     assert normalize("He didn't go, did he?") == "HE DIDN'T GO DID HE"
     assert normalize("a well-known 'fact'.") == "A WELL KNOWN FACT"
-    assert normalize("she has 3 cats and 42 dogs") == "SHE HAS THREE CATS AND FORTY TWO DOGS"
+    assert (
+        normalize("she has 3 cats and 42 dogs")
+        == "SHE HAS THREE CATS AND FORTY TWO DOGS"
+    )
 
 
 @pytest.mark.parametrize(
     "raw",
-    ["there were 200 people", "Friday the 13th", "it was $20", "worked at IBM",
-     "James R. Schlesinger spoke", "5 & 6", "", "   "],
+    [
+        "there were 200 people",
+        "Friday the 13th",
+        "it was $20",
+        "worked at IBM",
+        "James R. Schlesinger spoke",
+        "5 & 6",
+        "",
+        "   ",
+    ],
 )
 def test_normalize_drops_ambiguous(raw):
     assert normalize(raw) is None
@@ -37,8 +48,16 @@ def test_spell_number_range():
 
 
 def test_cap_vocabulary_keeps_only_frequent_words():
-    sents = normalize_all(["the cat sat", "the cat ran", "the dog sat", "a zebra ran",
-                           "the cat", "the cat sat"])
+    sents = normalize_all(
+        [
+            "the cat sat",
+            "the cat ran",
+            "the dog sat",
+            "a zebra ran",
+            "the cat",
+            "the cat sat",
+        ]
+    )
     assert len(sents) == 5  # deduplicated
     kept, vocab = cap_vocabulary(sents, vocab_size=4, min_words=3, max_words=3)
     assert vocab == ["THE", "CAT", "RAN", "SAT"]
@@ -61,7 +80,9 @@ def test_wordnet_sentences_capped_and_deterministic():
 
 
 def test_missing_wordnet_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="install wordnet-base: tools/install.sh"):
+    with pytest.raises(
+        FileNotFoundError, match="install wordnet-base: tools/install.sh"
+    ):
         read_wordnet_examples(tmp_path)
 
 
