@@ -1,0 +1,142 @@
+"""Parity: a QAT-trained model converted to integers computes exactly the same."""
+
+import json
+
+import pytest
+import torch
+
+from q4asr.quant import (
+    PrecisionPlan,
+    calibrate,
+    convert,
+    load_quantized,
+    prepare,
+    save_quantized,
+)
+from q4asr.quant.modules import INT_MODULES, IntConv1d, IntEmbedding, IntLinear
+
+PLANS = {
+    "w4a8": {"default": {"weight_bits": 4, "act_bits": 8}},
+    "w4a4": {"default": {"weight_bits": 4, "act_bits": 4}},
+    "w8a8": {"default": {"weight_bits": 8, "act_bits": 8}},
+    "w4afloat": {"default": {"weight_bits": 4}},
+    "mixed": {
+        "default": {"weight_bits": 4, "act_bits": 8},
+        "rules": [
+            {"pattern": "ff", "weight_bits": 8, "act_bits": 8},
+            {"pattern": "dw", "act_bits": 8},  # activation-only
+            {
+                "pattern": "out",
+                "weight_bits": 3,
+                "act_bits": 6,
+                "act_granularity": "tensor",
+                "weight_granularity": "tensor",
+            },
+            {
+                "pattern": "conv",
+                "weight_bits": 4,
+                "act_bits": 8,
+                "act_granularity": "tensor",
+                "act_static": True,
+            },
+        ],
+    },
+}
+
+
+def _train(model, batch, steps=4):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        loss = model(*batch).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return float(loss.detach())
+
+
+@pytest.mark.parametrize("name", sorted(PLANS))
+def test_qat_convert_parity(name, tiny_net, tiny_batch, tiny_net_cls, tmp_path):
+    plan = PrecisionPlan.from_dict(PLANS[name])
+    model = prepare(tiny_net, plan)
+    if name == "mixed":
+        calibrate(model, lambda m: m(*tiny_batch))
+    before = [p.detach().clone() for p in model.parameters()]
+    _train(model, tiny_batch)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    model.eval()
+    g = torch.Generator().manual_seed(7)
+    ids, feats = (
+        torch.randint(0, 20, (2, 17), generator=g),
+        torch.randn(2, 1, 15, 11, generator=g),
+    )
+    with torch.no_grad():
+        y_qat = model(ids, feats)
+    float_weights = [m.weight for m in model.modules() if type(m) in INT_MODULES]
+    model = convert(model)
+    for w in float_weights:  # nothing of the float weights may be used any more
+        with torch.no_grad():
+            w.zero_()
+    with torch.no_grad():
+        y_int = model(ids, feats)
+    torch.testing.assert_close(y_int, y_qat, atol=0, rtol=0)
+
+    for m in model.modules():
+        if (
+            isinstance(m, (IntLinear, IntConv1d, IntEmbedding))
+            and m.weight_bits is not None
+        ):
+            assert m.weight is None
+            assert m.qweight.dtype == (
+                torch.uint8 if m.weight_bits <= 4 else torch.int8
+            )
+
+    path = tmp_path / "m.int.safetensors"
+    save_quantized(
+        path, model, {"model_config": '{"d": 32}'}, {"bpe_scores": torch.arange(3.0)}
+    )
+    loaded, meta, extra = load_quantized(
+        path, lambda md: tiny_net_cls(**json.loads(md["model_config"]))
+    )
+    assert meta == {"model_config": '{"d": 32}'}
+    assert torch.equal(extra["bpe_scores"], torch.arange(3.0))
+    with torch.no_grad():
+        y_loaded = loaded(ids, feats)
+    torch.testing.assert_close(y_loaded, y_qat, atol=0, rtol=0)
+
+
+def test_ptq_calibrate_no_training(tiny_net, tiny_batch):
+    plan = PrecisionPlan.from_dict(
+        {
+            "default": {
+                "weight_bits": 8,
+                "act_bits": 8,
+                "act_granularity": "tensor",
+                "act_static": True,
+            }
+        }
+    )
+    with torch.no_grad():
+        y_float = tiny_net(*tiny_batch)
+    model = prepare(tiny_net, plan)
+    params = [p.detach().clone() for p in model.parameters()]
+    calibrate(model, lambda m: m(*tiny_batch))
+    assert all(torch.equal(a, b) for a, b in zip(params, model.parameters()))
+    amax = float(model.ff.act_amax)
+    with torch.no_grad():
+        assert amax == pytest.approx(float(model.emb(tiny_batch[0]).abs().max()))
+        y_ptq = convert(model)(*tiny_batch)
+    err = (y_ptq - y_float).abs().max() / y_float.abs().max()
+    assert 0 < err < 0.05  # 8-bit PTQ: close to float, but not equal
+
+
+def test_convert_twice_and_prepare_twice_refused(tiny_net):
+    from q4asr.quant import PlanError
+
+    plan = PrecisionPlan.from_dict(PLANS["w4a8"])
+    model = prepare(tiny_net, plan)
+    with pytest.raises(PlanError, match="already holds QAT"):
+        prepare(model, plan)
+    convert(model)
+    with pytest.raises(PlanError, match="already converted"):
+        convert(model)

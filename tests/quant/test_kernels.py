@@ -1,0 +1,86 @@
+"""Integer kernels: exact integer matmul, exact depthwise/grouped conv, int4 packing."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from q4asr.quant.kernels import (
+    int_grouped_conv1d,
+    int_linear,
+    int_mm,
+    pack_int4,
+    unpack_int4,
+)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 5), (37, 200, 51), (300, 512, 96)])
+def test_int_mm_equals_float64_reference(shape):
+    M, K, N = shape
+    g = torch.Generator().manual_seed(M)
+    a = torch.randint(-127, 128, (M, K), dtype=torch.int8, generator=g)
+    w = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g)
+    acc = int_mm(a, w.t())
+    assert acc.dtype == torch.int32 and acc.shape == (M, N)
+    ref = a.double() @ w.double().t()
+    assert torch.equal(acc.double(), ref)
+
+
+def test_int_linear_rescale_once():
+    g = torch.Generator().manual_seed(0)
+    qx = torch.randint(-7, 8, (9, 16), dtype=torch.int8, generator=g)
+    qw = torch.randint(-7, 8, (4, 16), dtype=torch.int8, generator=g)
+    sx, sw, b = torch.rand(9, 1) + 0.1, torch.rand(4, 1) + 0.1, torch.randn(4)
+    y = int_linear(qx, sx, qw, sw, b)
+    ref = (qx.double() @ qw.double().t()) * (sx.double() * sw.double().t()) + b.double()
+    torch.testing.assert_close(y.double(), ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("groups,cin,cout,k", [(256, 256, 256, 31), (4, 32, 16, 3)])
+def test_grouped_conv_is_exact(groups, cin, cout, k):
+    g = torch.Generator().manual_seed(groups)
+    qx = torch.randint(-127, 128, (2, cin, 50), dtype=torch.int8, generator=g)
+    qw = torch.randint(
+        -127, 128, (cout, cin // groups, k), dtype=torch.int8, generator=g
+    )
+    one_x, one_w = torch.ones(1, groups, 1, 1), torch.ones(cout, 1, 1)
+    y = int_grouped_conv1d(qx, one_x, qw, one_w, None, 127, 127, 1, k // 2, 1, groups)
+    ref = F.conv1d(qx.double(), qw.double(), None, 1, k // 2, 1, groups)
+    assert torch.equal(y.double(), ref)
+    assert float(ref.abs().max()) > 2**16  # the test exercises large sums
+
+
+def test_grouped_conv_bound_is_asserted():
+    qx = torch.zeros(1, 2 * 1041, 4, dtype=torch.int8)  # 1041*127*127 > 2**24
+    qw = torch.zeros(2, 1041, 1, dtype=torch.int8)
+    with pytest.raises(AssertionError, match="2\\*\\*24"):
+        int_grouped_conv1d(
+            qx,
+            torch.ones(1, 2, 1, 1),
+            qw,
+            torch.ones(2, 1, 1),
+            None,
+            127,
+            127,
+            1,
+            0,
+            1,
+            2,
+        )
+
+
+@pytest.mark.parametrize("k", [1, 2, 7, 64])
+def test_int4_pack_roundtrip(k):
+    g = torch.Generator().manual_seed(k)
+    q = torch.randint(-8, 8, (5, k), dtype=torch.int8, generator=g)
+    q[0, 0], q[-1, -1] = -8, 7
+    p = pack_int4(q)
+    assert p.dtype == torch.uint8 and p.shape == (5, (k + 1) // 2)
+    assert torch.equal(unpack_int4(p, k), q)
+
+
+def test_int4_pack_extremes_and_range_check():
+    q = torch.tensor([[-8, 7, -1, 0, 1, -7]], dtype=torch.int8)
+    assert pack_int4(q).tolist() == [[0x78, 0x0F, 0x91]]
+    assert unpack_int4(pack_int4(q), 6).tolist() == q.tolist()
+    with pytest.raises(AssertionError, match="out of range"):
+        pack_int4(torch.tensor([[8]], dtype=torch.int8))

@@ -1,0 +1,118 @@
+"""QAT modules: float/quant mode switch, parameter sharing, STE gradients."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from q4asr.quant import Precision, PrecisionPlan, prepare, set_quant_mode
+from q4asr.quant.modules import QATConv1d, QATEmbedding, QATLinear
+from q4asr.quant.quantizer import fake_quant
+
+
+def test_mode_switch_and_to_float():
+    torch.manual_seed(0)
+    lin = nn.Linear(16, 8)
+    x = torch.randn(5, 16)
+    ref = lin(x)
+    q = QATLinear.from_float(lin, Precision(4, 4), "lin")
+    assert q.weight is lin.weight and q.bias is lin.bias
+    yq = q(x)
+    assert not torch.equal(yq, ref)
+    torch.testing.assert_close(yq, ref, atol=0.5, rtol=0)  # quantized, yet close
+    q.quant_enabled = False
+    assert torch.equal(q(x), ref)
+    back = q.to_float()
+    assert type(back) is nn.Linear and back.weight is lin.weight
+    m = prepare(
+        nn.Sequential(nn.Linear(16, 8)),
+        PrecisionPlan.from_dict({"default": {"weight_bits": 4, "act_bits": 4}}),
+    )
+    set_quant_mode(m, False)
+    assert not m[0].quant_enabled
+    set_quant_mode(m, True)
+    assert m[0].quant_enabled
+
+
+def _fq_reference_grads(x, w, b, a_bits, w_bits, op):
+    x = x.detach().clone().requires_grad_()
+    w = w.detach().clone().requires_grad_()
+    b = b.detach().clone().requires_grad_()
+    return x, w, b, op(x, w, b)
+
+
+@pytest.mark.parametrize("wb,ab", [(4, 8), (8, 8), (4, 4), (4, None), (None, 8)])
+def test_linear_ste_matches_fake_quant_reference(wb, ab):
+    """Native QAT gradients equal those of y = qdq(x) @ qdq(w)^T + b."""
+    torch.manual_seed(1)
+    lin = nn.Linear(32, 24)
+    x = torch.randn(2, 10, 32, requires_grad=True)
+    g = torch.randn(2, 10, 24)
+    q = QATLinear.from_float(lin, Precision(wb, ab), "lin")
+    y = q(x)
+    y.backward(g)
+    x2, w2, b2, y2 = _fq_reference_grads(
+        x,
+        lin.weight,
+        lin.bias,
+        ab,
+        wb,
+        lambda x, w, b: F.linear(fake_quant(x, ab, (0, 1)), fake_quant(w, wb, (0,)), b),
+    )
+    y2.backward(g)
+    torch.testing.assert_close(y, y2, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lin.weight.grad, w2.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lin.bias.grad, b2.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_conv_ste_matches_reference():
+    torch.manual_seed(2)
+    conv = nn.Conv1d(8, 8, 5, padding=2, groups=8)
+    x = torch.randn(3, 8, 20, requires_grad=True)
+    g = torch.randn(3, 8, 20)
+    q = QATConv1d.from_float(conv, Precision(4, 8), "dw")
+    y = q(x)
+    y.backward(g)
+    x2, w2, b2, y2 = _fq_reference_grads(
+        x,
+        conv.weight,
+        conv.bias,
+        8,
+        4,
+        # per sample, per channel over time (depthwise: group = channel)
+        lambda x, w, b: F.conv1d(
+            fake_quant(x, 8, (0, 1)), fake_quant(w, 4, (0,)), b, 1, 2, 1, 8
+        ),
+    )
+    y2.backward(g)
+    torch.testing.assert_close(y, y2, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(conv.weight.grad, w2.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(conv.bias.grad, b2.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_static_activation_gradient_is_zero_when_clipped():
+    lin = nn.Linear(4, 3)
+    q = QATLinear.from_float(
+        lin, Precision(8, 8, act_granularity="tensor", act_static=True), "lin"
+    )
+    with pytest.raises(
+        RuntimeError, match="lin: static activation scale is not calibrated"
+    ):
+        q(torch.ones(1, 4))
+    q.act_amax.fill_(1.0)
+    x = torch.tensor([[0.5, -2.0, 0.9, 3.0]], requires_grad=True)
+    q(x).sum().backward()
+    assert x.grad[0, 0] != 0 and x.grad[0, 2] != 0
+    assert x.grad[0, 1] == 0 and x.grad[0, 3] == 0
+
+
+def test_embedding_quantizes_weights_per_row():
+    emb = nn.Embedding(10, 6)
+    q = QATEmbedding.from_float(emb, Precision(4, 8), "emb")
+    ids = torch.tensor([[1, 2, 3]])
+    out = q(ids)
+    ref = fake_quant(emb.weight, 4, (0,))[ids]
+    assert torch.equal(out, ref)
+    assert len(torch.unique(out[0, 0])) <= 15  # at most 2*7+1 levels in a row

@@ -1,0 +1,103 @@
+"""Integer model files: size on disk, size report, float export, bad files."""
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from q4asr.quant import (
+    PrecisionPlan,
+    convert,
+    format_size_table,
+    load_quantized,
+    prepare,
+    save_quantized,
+    size_report,
+    size_report_json,
+)
+
+
+def _linear_conv_net(d=256):
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(d, 4 * d),
+        nn.ReLU(),
+        nn.Linear(4 * d, d),
+        nn.Unflatten(-1, (d, 1)),
+        nn.Conv1d(d, d, 1),
+        nn.Flatten(),
+    )
+
+
+def test_all_int4_file_is_at_least_7_7x_smaller(tmp_path):
+    # Conformer-sized layers (d_model 512, feed-forward 2048): float32 scales and
+    # biases cost 8 bytes per output channel, so narrower layers land lower.
+    build = lambda meta: _linear_conv_net(512)  # noqa: E731
+    fp = save_quantized(tmp_path / "f32.safetensors", build({}), {})
+    model = convert(
+        prepare(
+            build({}),
+            PrecisionPlan.from_dict({"default": {"weight_bits": 4, "act_bits": 8}}),
+        )
+    )
+    ip = save_quantized(tmp_path / "int4.safetensors", model, {})
+    ratio = fp.stat().st_size / ip.stat().st_size
+    assert 7.7 <= ratio < 8.0, ratio
+    # the size report counts the same tensor bytes that are on disk
+    rows = size_report(model)
+    total = sum(r["bytes"] for r in rows)
+    assert total < ip.stat().st_size < total + 4096
+    # a float model round-trips as a float32 export
+    f32, meta, extra = load_quantized(fp, build)
+    assert meta == {} and extra == {}
+    assert all(p.dtype == torch.float32 for p in f32.parameters())
+
+
+def test_size_report_rows_and_formats(tmp_path):
+    plan = PrecisionPlan.from_dict(
+        {
+            "default": {"weight_bits": 4, "act_bits": 8},
+            "rules": [{"pattern": "2", "weight_bits": 8}],
+        }
+    )
+    model = convert(prepare(_linear_conv_net(64), plan))
+    rows = size_report(model)
+    by = {r["name"]: r for r in rows}
+    assert by["0"]["params"] == 64 * 256 + 256 and by["0"]["weight_bits"] == 4
+    assert by["0"]["act_bits"] == 8
+    # int4: half a byte per weight + float32 scale and bias per output
+    assert by["0"]["bytes"] == 64 * 256 // 2 + 256 * 4 + 256 * 4
+    assert by["2"]["weight_bits"] == 8 and by["2"]["act_bits"] == "float"
+    assert by["2"]["bytes"] == 256 * 64 + 64 * 4 + 64 * 4
+    table = format_size_table(rows)
+    assert table.splitlines()[-1].startswith("TOTAL")
+    assert str(sum(r["bytes"] for r in rows)) in table.splitlines()[-1]
+    js = json.loads(size_report_json(model))
+    assert js["total"]["params"] == sum(r["params"] for r in rows)
+
+
+def test_save_refuses_unconverted_and_bad_files(tmp_path):
+    model = prepare(
+        _linear_conv_net(16), PrecisionPlan.from_dict({"default": {"weight_bits": 4}})
+    )
+    with pytest.raises(ValueError, match="convert the QAT model before saving"):
+        save_quantized(tmp_path / "x.safetensors", model, {})
+    with pytest.raises(TypeError, match="metadata must map str to str"):
+        save_quantized(tmp_path / "x.safetensors", convert(model), {"d": 16})
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match=f"{junk}: not a readable safetensors file"):
+        load_quantized(junk, lambda m: _linear_conv_net(16))
+    good = save_quantized(
+        tmp_path / "good.safetensors",
+        convert(
+            prepare(
+                _linear_conv_net(16),
+                PrecisionPlan.from_dict({"default": {"weight_bits": 4}}),
+            )
+        ),
+        {},
+    )
+    with pytest.raises(ValueError, match="stored tensors do not fit the model"):
+        load_quantized(good, lambda m: _linear_conv_net(32))
