@@ -257,6 +257,11 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
     np.random.seed(tc.seed)
 
     model, model_cfg_dict = build_model(cfg, tokenizer)
+    # Every rank builds the same initial model; dropout and SpecAugment then draw
+    # from a per-rank stream.
+    torch.manual_seed(tc.seed + d.rank)
+    random.seed(tc.seed + d.rank)
+    np.random.seed(tc.seed + d.rank)
     latest = find_latest(exp_dir)
     ckpt = load_checkpoint(latest) if latest is not None else None
     if ckpt is None and cfg.quant.init_from:
