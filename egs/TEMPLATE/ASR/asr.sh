@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The generic stages every q4asr corpus shares. A corpus recipe (egs/<corpus>/ASR/run.sh)
-# prepares lhotse manifests in data/manifests/<prefix>_{recordings,supervisions}_<part>.jsonl.gz,
+# prepares lhotse manifests in DATA/manifests/<prefix>_{recordings,supervisions}_<part>.jsonl.gz,
 # then calls this script from its recipe dir with its options:
 #
 #   ../../TEMPLATE/ASR/asr.sh --prefix synth --train-part train --dev-part dev \
 #     --test-parts "test test_heldout" --systems conf/systems.yaml --stage 10 "$@"
 #
 # Stages (each logged and timed; finished work is skipped through .done markers that are
-# written only on success; --stage/--stop-stage start and stop anywhere):
-#   10 features  fbank cuts for every part         -> data/fbank/<prefix>_cuts_<part>.jsonl.gz
-#   11 bpe       sentencepiece model on train text -> data/lang_bpe_<nbpe>/bpe.model
+# written only on success; --stage/--stop-stage start and stop anywhere; DATA is --data-dir):
+#   10 features  fbank cuts for every part         -> DATA/fbank/<prefix>_cuts_<part>.jsonl.gz
+#   11 bpe       sentencepiece model on train text -> DATA/lang_bpe_<nbpe>/bpe.model
 #   12 train     one run per float/qat system      -> exp/<system>/
 #   13 average   last --avg checkpoints per system -> exp/<system>/avg.pt
 #   14 export    one self-contained model file     -> exp/<system>/model.safetensors
@@ -19,7 +19,7 @@
 #
 # Options (defaults below): --stage --stop-stage --prefix --train-part --dev-part --test-parts
 #   --systems --nbpe --nj --avg --decode-methods --max-steps (override every system's config)
-#   --calibration-batches --results-title
+#   --calibration-batches --results-title --data-dir --exp-dir --results-md
 set -euo pipefail
 
 stage=10
@@ -36,9 +36,9 @@ decode_methods="greedy_search"
 max_steps=
 calibration_batches=8
 results_title=
-manifest_dir=data/manifests
-fbank_dir=data/fbank
+data_dir=data
 exp_dir=exp
+results_md=RESULTS.md
 
 Q4ASR_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
 . "$Q4ASR_ROOT/tools/parse_options.sh"
@@ -47,7 +47,9 @@ Q4ASR_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
 
 [ -n "$prefix" ] || { echo "$0: --prefix is required (the manifests' corpus name)" >&2; exit 1; }
 [ -f "$systems" ] || { echo "$0: --systems $systems: no such file" >&2; exit 1; }
-lang_dir=data/lang_bpe_$nbpe
+manifest_dir=$data_dir/manifests
+fbank_dir=$data_dir/fbank
+lang_dir=$data_dir/lang_bpe_$nbpe
 bpe_model=$lang_dir/bpe.model
 sys_list() { python -m q4asr.recipe "$systems" list "$@"; }
 sys_get() { python -m q4asr.recipe "$systems" get "$1" "$2"; }
@@ -141,6 +143,6 @@ if run_stage 16 "report WER and model size of every system"; then
   # always rewritten: the report reflects whatever has been decoded so far
   q4asr-report --systems "$systems" --exp-dir "$exp_dir" --test-parts $test_parts \
     --decode-method "$(echo "$decode_methods" | awk '{print $1}')" \
-    --results-md RESULTS.md --title "${results_title:-$prefix}"
+    --results-md "$results_md" --title "${results_title:-$prefix}"
   end_stage
 fi

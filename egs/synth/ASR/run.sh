@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The synthetic-speech demo: a corpus made offline by Debian's speech synthesisers
+# (WordNet example sentences, vocabulary-capped, spoken by espeak-ng, flite and festival
+# voices with random speed and pitch), then the template's stages for every system in
+# conf/systems.yaml: float32, PTQ int8/int4, native QAT W8A8/W4A8/W4A4, mixed 4/8.
+#
+# Usage: ./run.sh [--stage N] [--stop-stage N] [--quick true] [--nj 2] [--seed 1] ...
+#   --quick true   a small corpus and small models: every stage in a few minutes
+#                  (data in data/quick, results in exp/quick, RESULTS.md untouched)
+# Stages: 0 synthesize the corpus (lhotse manifests in DATA/manifests);
+#         10-16 the template's (egs/TEMPLATE/ASR/asr.sh): features, bpe, train,
+#         average, export, decode, report.
+set -euo pipefail
+
+stage=0
+stop_stage=100
+quick=false
+nj=2
+seed=1
+num_train=12000
+num_dev=200
+num_test=300
+vocab_size=5000
+nbpe=256
+avg=3
+max_steps=
+systems=conf/systems.yaml
+decode_methods="greedy_search modified_beam_search"
+
+cd "$(dirname "${BASH_SOURCE[0]}")"
+Q4ASR_ROOT=$(cd ../../.. && pwd)
+. "$Q4ASR_ROOT/tools/parse_options.sh"
+. "$Q4ASR_ROOT/tools/path.sh"
+. "$Q4ASR_ROOT/egs/TEMPLATE/ASR/lib.sh"
+
+data_dir=data
+exp_dir=exp
+results_md=RESULTS.md
+if $quick; then
+  num_train=400 num_dev=30 num_test=30 vocab_size=300 nbpe=128 avg=2
+  systems=conf/quick/systems.yaml
+  decode_methods=greedy_search
+  data_dir=data/quick exp_dir=exp/quick results_md=exp/quick/RESULTS.md
+fi
+
+if run_stage 0 "synthesize the corpus: $num_train/$num_dev/$num_test utterances"; then
+  done_or_run "$data_dir/manifests/.synth.done" \
+    python -m q4asr.data.synth --out-dir "$data_dir" --num-train "$num_train" \
+      --num-dev "$num_dev" --num-test "$num_test" --vocab-size "$vocab_size" \
+      --seed "$seed" --nj "$nj"
+  end_stage
+fi
+
+"$Q4ASR_ROOT/egs/TEMPLATE/ASR/asr.sh" --stage "$(( stage > 10 ? stage : 10 ))" \
+  --stop-stage "$stop_stage" --prefix synth --train-part train --dev-part dev \
+  --test-parts "test test_heldout" --systems "$systems" --nbpe "$nbpe" --nj "$nj" \
+  --avg "$avg" --max-steps "$max_steps" --decode-methods "$decode_methods" \
+  --data-dir "$data_dir" --exp-dir "$exp_dir" --results-md "$results_md" \
+  --results-title "synth$($quick && echo ' (quick)')"
