@@ -125,7 +125,13 @@ class AsrDataset(torch.utils.data.Dataset):
 
     def _load(self, cut: Cut) -> torch.Tensor:
         if self.extractor is not None:
-            feats = cut.compute_features(self.extractor)
+            # the same path as q4asr.data.features: 16 kHz, resampled when needed
+            from q4asr.data.features import SAMPLE_RATE
+            from q4asr.data.kaldi import resample
+
+            samples = torch.from_numpy(cut.load_audio())
+            samples = resample(samples, cut.sampling_rate, SAMPLE_RATE)
+            feats = self.extractor.extract(samples.numpy(), SAMPLE_RATE)
         else:
             feats = cut.load_features()
         feats = torch.as_tensor(feats, dtype=torch.float32)
