@@ -63,7 +63,7 @@ def rescale(acc: torch.Tensor, sx: torch.Tensor, sw: torch.Tensor) -> torch.Tens
     acc: (M, N) int32 or integer-valued float; sx: broadcastable to (M, N)
     (e.g. (M, 1) per row or (1, 1)); sw: (1, N) or (1, 1).
     """
-    return acc.to(torch.float32) * (sx * sw)
+    return acc.to(torch.float32).mul_(sx * sw)
 
 
 def int_linear(
@@ -88,7 +88,7 @@ def int_linear(
     )
     y = rescale(int_mm(qx, qw.t()), sx, sw.reshape(1, -1))
     if bias is not None:
-        y = y + bias
+        y.add_(bias)
     return y
 
 
@@ -154,8 +154,10 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
     Args:
       q: (..., K) int8 with values in [-8, 7].
     Returns:
-      (..., ceil(K/2)) uint8: element 2j in the low nibble, 2j+1 in the high nibble
-      (an odd K is padded with a zero).
+      (..., ceil(K/2)) uint8: with H = ceil(K/2), element j (j < H) in the low nibble
+      of byte j and element H + j in its high nibble (an odd K is padded with a zero).
+      Splitting in halves rather than interleaving lets :func:`unpack_int4` rebuild
+      the row with two shifts and one concatenation.
     """
     assert q.dtype == torch.int8, q.dtype
     if q.numel():
@@ -163,16 +165,16 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
         assert -8 <= lo and hi <= 7, f"int4 values out of range [-8, 7]: [{lo}, {hi}]"
     if q.shape[-1] % 2:
         q = F.pad(q, (0, 1))
-    u = (q.to(torch.int16) & 0xF).to(torch.uint8)
-    return u[..., 0::2] | (u[..., 1::2] << 4)
+    h = q.shape[-1] // 2
+    u = q.view(torch.uint8) & 0xF
+    return u[..., :h] | (u[..., h:] << 4)
 
 
 def unpack_int4(p: torch.Tensor, k: int) -> torch.Tensor:
     """Inverse of :func:`pack_int4`. p: (..., ceil(k/2)) uint8 -> (..., k) int8."""
     assert p.dtype == torch.uint8, p.dtype
     assert p.shape[-1] == (k + 1) // 2, (p.shape, k)
-    lo = (p & 0xF).to(torch.int8)
-    hi = (p >> 4).to(torch.int8)
-    q = torch.stack((lo, hi), dim=-1).reshape(*p.shape[:-1], -1)[..., :k]
-    # sign-extend 4-bit two's complement: 8..15 -> -8..-1
-    return torch.where(q > 7, q - 16, q).contiguous()
+    s = p.view(torch.int8)
+    # arithmetic right shifts of int8 sign-extend the 4-bit two's complement nibbles
+    q = torch.cat(((s << 4) >> 4, s >> 4), dim=-1)
+    return q if k % 2 == 0 else q[..., :k].contiguous()

@@ -67,7 +67,10 @@ class _IntLinearSTE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, bias, a_bits, w_bits, a_keep, w_keep, a_scale):
-        qx, sx, mx = quantize(x, a_bits, a_keep, a_scale, return_mask=True)
+        # a dynamic scale clips nothing: the mask is only needed for a static one
+        static = a_scale is not None
+        qx, sx, *mx = quantize(x, a_bits, a_keep, a_scale, return_mask=static)
+        mx = mx[0] if static else None
         qw, sw = quantize(w, w_bits, w_keep)
         y = int_linear(qx, sx, qw, sw, bias)
         ctx.save_for_backward(qx, sx, mx, qw, sw)
@@ -79,7 +82,9 @@ class _IntLinearSTE(torch.autograd.Function):
         qx, sx, mx, qw, sw = ctx.saved_tensors
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            gx = (g @ dequantize(qw, sw)) * mx
+            gx = g @ dequantize(qw, sw)
+            if mx is not None:
+                gx = gx * mx
         if ctx.needs_input_grad[1]:
             gw = g.t() @ dequantize(qx, sx)
         if ctx.has_bias and ctx.needs_input_grad[2]:

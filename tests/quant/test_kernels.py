@@ -80,7 +80,8 @@ def test_int4_pack_roundtrip(k):
 
 def test_int4_pack_extremes_and_range_check():
     q = torch.tensor([[-8, 7, -1, 0, 1, -7]], dtype=torch.int8)
-    assert pack_int4(q).tolist() == [[0x78, 0x0F, 0x91]]
+    # halves: [-8, 7, -1] in the low nibbles, [0, 1, -7] in the high ones
+    assert pack_int4(q).tolist() == [[0x08, 0x17, 0x9F]]
     assert unpack_int4(pack_int4(q), 6).tolist() == q.tolist()
     with pytest.raises(AssertionError, match="out of range"):
         pack_int4(torch.tensor([[8]], dtype=torch.int8))
