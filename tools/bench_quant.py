@@ -27,15 +27,19 @@ from q4asr.quant import PrecisionPlan, convert, prepare, save_quantized
 from q4asr.utils import get_env_info
 
 
-def median_time(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
+def median_times(fns: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median seconds per call of each fn, timed round-robin (one call of each per
+    round) so that load from other processes falls on all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def plan(w: int | None, a: int | None) -> PrecisionPlan:
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
         help="frames per utterance after x4 subsampling (250 = 10 s)",
     )
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -126,13 +130,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     # --- training: forward + backward of one linear layer
     lin = nn.Linear(d, ff)
-    train = {"float32": median_time(train_step(lin, x, g), R)}
+    fns = {"float32": train_step(lin, x, g)}
     for name, (w, a) in {"w8a8": (8, 8), "w4a8": (4, 8), "w4a4": (4, 4)}.items():
         q = prepare(nn.Sequential(nn.Linear(d, ff)), plan(w, a))
-        train[f"q4asr_qat_{name}"] = median_time(train_step(q, x, g), R)
+        fns[f"q4asr_qat_{name}"] = train_step(q, x, g)
     ao = torchao_qat_linear(nn.Linear(d, ff))
     if ao is not None:
-        train["torchao_8da4w_fakequant"] = median_time(train_step(ao, x, g), R)
+        fns["torchao_8da4w_fakequant"] = train_step(ao, x, g)
+    train = median_times(fns, R)
     out["train_fwd_bwd"] = {k: round(v, 5) for k, v in train.items()}
     out["train_speedup_vs_float32"] = {
         k: round(train["float32"] / v, 2) for k, v in train.items() if k != "float32"
@@ -146,12 +151,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     # --- inference: forward of the converted integer layer
     xi = x.detach()
-    infer = {}
+    fns = {"float32": lambda: lin(xi)}
+    for name, (w, a) in {"w8a8": (8, 8), "w4a8": (4, 8), "w4a4": (4, 4)}.items():
+        q = convert(prepare(nn.Sequential(nn.Linear(d, ff)), plan(w, a)))
+        fns[f"q4asr_int_{name}"] = lambda q=q: q(xi)
     with torch.no_grad():
-        infer["float32"] = median_time(lambda: lin(xi), R)
-        for name, (w, a) in {"w8a8": (8, 8), "w4a8": (4, 8)}.items():
-            q = convert(prepare(nn.Sequential(nn.Linear(d, ff)), plan(w, a)))
-            infer[f"q4asr_int_{name}"] = median_time(lambda q=q: q(xi), R)
+        infer = median_times(fns, R)
     out["infer_fwd"] = {k: round(v, 5) for k, v in infer.items()}
     out["infer_speedup_vs_float32"] = {
         k: round(infer["float32"] / v, 2) for k, v in infer.items() if k != "float32"
