@@ -205,7 +205,13 @@ class _QuantMixin:
 
     def extra_repr(self) -> str:  # noqa: D401
         base = super().extra_repr()  # type: ignore[misc]
-        return f"{base}, precision={self.precision.describe()}"
+        return f"{base}, precision={self._describe()}"
+
+    def _describe(self) -> str:
+        """W<bits>A<bits> of what this module really quantizes (f = float)."""
+        w = "f" if self.weight_bits is None else self.weight_bits
+        a = "f" if self.act_bits is None else self.act_bits
+        return f"W{w}A{a}"
 
 
 def _check_float32(name: str, x: torch.Tensor) -> None:
@@ -566,9 +572,7 @@ class _IntBase(_QuantMixin, nn.Module):
         return n + (self.bias.numel() if self.bias is not None else 0)
 
     def extra_repr(self) -> str:
-        return (
-            f"weight_shape={self.weight_shape}, precision={self.precision.describe()}"
-        )
+        return f"weight_shape={self.weight_shape}, precision={self._describe()}"
 
 
 class IntLinear(_IntBase):
