@@ -54,8 +54,9 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
-                    ) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``; a clear error if unreadable."""
     path = Path(path)
     if not path.is_file():
@@ -95,7 +96,9 @@ def remove_old_checkpoints(exp_dir: str | Path, keep_last: int) -> list[Path]:
     return old
 
 
-def average_states(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def average_states(
+    states: Sequence[dict[str, torch.Tensor]],
+) -> dict[str, torch.Tensor]:
     """The arithmetic mean of model state dicts.
 
     Floating-point entries are averaged (accumulated in float64, returned in their
@@ -109,8 +112,9 @@ def average_states(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch
     for i, s in enumerate(states):
         if list(s.keys()) != keys:
             missing = set(keys) ^ set(s.keys())
-            raise ValueError(f"average_states: state {i} has different keys: "
-                             f"{sorted(missing)[:5]}")
+            raise ValueError(
+                f"average_states: state {i} has different keys: {sorted(missing)[:5]}"
+            )
     out: dict[str, torch.Tensor] = {}
     for k in keys:
         v = last[k]
@@ -120,9 +124,11 @@ def average_states(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch
         acc = torch.zeros(v.shape, dtype=torch.float64)
         for i, s in enumerate(states):
             if s[k].shape != v.shape:
-                raise ValueError(f"average_states: '{k}' has shape "
-                                 f"{tuple(s[k].shape)} in state {i}, {tuple(v.shape)} "
-                                 "in the last")
+                raise ValueError(
+                    f"average_states: '{k}' has shape "
+                    f"{tuple(s[k].shape)} in state {i}, {tuple(v.shape)} "
+                    "in the last"
+                )
             acc += s[k].detach().to("cpu", torch.float64)
         out[k] = (acc / len(states)).to(v.dtype)
     return out
@@ -178,7 +184,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["gauss"]))
+    np.random.set_state(
+        (
+            "MT19937",
+            n["key"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["gauss"],
+        )
+    )
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -55,7 +55,9 @@ def _positive(obj: Any, where: str, *names: str, allow_zero: bool = False) -> No
             try:
                 v = float(v)
             except ValueError:
-                raise ConfigError(f"{where}.{name}: expected a number, got {v!r}") from None
+                raise ConfigError(
+                    f"{where}.{name}: expected a number, got {v!r}"
+                ) from None
             setattr(obj, name, v)
         if v is None:
             continue
@@ -90,16 +92,34 @@ class SpecAugmentConfig:
         w = "train.spec_augment"
         if not isinstance(self.enabled, bool):
             raise ConfigError(f"{w}.enabled: expected true/false, got {self.enabled!r}")
-        _integer(self, w, "time_warp_factor", "num_feature_masks", "features_mask_size",
-                 "num_frame_masks", "frames_mask_size")
-        _positive(self, w, "time_warp_factor", "num_feature_masks", "features_mask_size",
-                  "num_frame_masks", "frames_mask_size", "max_frames_mask_fraction",
-                  "p", allow_zero=True)
+        _integer(
+            self,
+            w,
+            "time_warp_factor",
+            "num_feature_masks",
+            "features_mask_size",
+            "num_frame_masks",
+            "frames_mask_size",
+        )
+        _positive(
+            self,
+            w,
+            "time_warp_factor",
+            "num_feature_masks",
+            "features_mask_size",
+            "num_frame_masks",
+            "frames_mask_size",
+            "max_frames_mask_fraction",
+            "p",
+            allow_zero=True,
+        )
         if not 0.0 <= self.p <= 1.0:
             raise ConfigError(f"{w}.p: must be in [0, 1], got {self.p!r}")
         if not 0.0 <= self.max_frames_mask_fraction <= 1.0:
-            raise ConfigError(f"{w}.max_frames_mask_fraction: must be in [0, 1], "
-                              f"got {self.max_frames_mask_fraction!r}")
+            raise ConfigError(
+                f"{w}.max_frames_mask_fraction: must be in [0, 1], "
+                f"got {self.max_frames_mask_fraction!r}"
+            )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SpecAugmentConfig:
@@ -153,42 +173,91 @@ class TrainConfig:
         if isinstance(self.spec_augment, dict):
             self.spec_augment = SpecAugmentConfig.from_dict(self.spec_augment)
         if not isinstance(self.spec_augment, SpecAugmentConfig):
-            raise ConfigError(f"{w}.spec_augment: expected a mapping, "
-                              f"got {self.spec_augment!r}")
-        _integer(self, w, "seed", "max_steps", "num_epochs", "num_buckets",
-                 "warmup_steps", "model_warmup_steps", "num_workers",
-                 "log_every", "valid_every", "checkpoint_every",
-                 "keep_last_checkpoints", "num_threads")
-        _positive(self, w, "max_steps", "num_epochs", "max_duration", "num_buckets",
-                  "lr", "model_warmup_steps", "max_utterance_duration",
-                  "log_every", "valid_every", "checkpoint_every",
-                  "keep_last_checkpoints", "num_threads", "grad_clip")
-        _positive(self, w, "warmup_steps", "weight_decay", "num_workers",
-                  "final_lr_ratio", allow_zero=True)
+            raise ConfigError(
+                f"{w}.spec_augment: expected a mapping, got {self.spec_augment!r}"
+            )
+        _integer(
+            self,
+            w,
+            "seed",
+            "max_steps",
+            "num_epochs",
+            "num_buckets",
+            "warmup_steps",
+            "model_warmup_steps",
+            "num_workers",
+            "log_every",
+            "valid_every",
+            "checkpoint_every",
+            "keep_last_checkpoints",
+            "num_threads",
+        )
+        _positive(
+            self,
+            w,
+            "max_steps",
+            "num_epochs",
+            "max_duration",
+            "num_buckets",
+            "lr",
+            "model_warmup_steps",
+            "max_utterance_duration",
+            "log_every",
+            "valid_every",
+            "checkpoint_every",
+            "keep_last_checkpoints",
+            "num_threads",
+            "grad_clip",
+        )
+        _positive(
+            self,
+            w,
+            "warmup_steps",
+            "weight_decay",
+            "num_workers",
+            "final_lr_ratio",
+            allow_zero=True,
+        )
         if self.max_steps is None and self.num_epochs is None:
             raise ConfigError(f"{w}: set max_steps or num_epochs (or both)")
         if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"{w}.lr_schedule: {self.lr_schedule!r} is not one of "
-                              f"{', '.join(LR_SCHEDULES)}")
+            raise ConfigError(
+                f"{w}.lr_schedule: {self.lr_schedule!r} is not one of "
+                f"{', '.join(LR_SCHEDULES)}"
+            )
         if self.lr_schedule == "warmup_cosine" and self.max_steps is None:
-            raise ConfigError(f"{w}.lr_schedule: warmup_cosine decays to max_steps; "
-                              "set train.max_steps or use noam/constant")
+            raise ConfigError(
+                f"{w}.lr_schedule: warmup_cosine decays to max_steps; "
+                "set train.max_steps or use noam/constant"
+            )
         if self.lr_schedule == "noam" and self.warmup_steps == 0:
             raise ConfigError(f"{w}.warmup_steps: noam needs warmup_steps > 0")
         if self.final_lr_ratio > 1:
-            raise ConfigError(f"{w}.final_lr_ratio: must be <= 1, "
-                              f"got {self.final_lr_ratio!r}")
+            raise ConfigError(
+                f"{w}.final_lr_ratio: must be <= 1, got {self.final_lr_ratio!r}"
+            )
         betas = self.adam_betas
-        if (not isinstance(betas, (list, tuple)) or len(betas) != 2
-                or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)):
-            raise ConfigError(f"{w}.adam_betas: expected two numbers in [0, 1), "
-                              f"got {betas!r}")
+        if (
+            not isinstance(betas, (list, tuple))
+            or len(betas) != 2
+            or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)
+        ):
+            raise ConfigError(
+                f"{w}.adam_betas: expected two numbers in [0, 1), got {betas!r}"
+            )
         self.adam_betas = [float(b) for b in betas]
         if not isinstance(self.on_the_fly_features, bool):
-            raise ConfigError(f"{w}.on_the_fly_features: expected true/false, "
-                              f"got {self.on_the_fly_features!r}")
-        for name in ("max_duration", "lr", "final_lr_ratio", "weight_decay",
-                     "max_utterance_duration"):
+            raise ConfigError(
+                f"{w}.on_the_fly_features: expected true/false, "
+                f"got {self.on_the_fly_features!r}"
+            )
+        for name in (
+            "max_duration",
+            "lr",
+            "final_lr_ratio",
+            "weight_decay",
+            "max_utterance_duration",
+        ):
             setattr(self, name, float(getattr(self, name)))
 
     @classmethod
@@ -251,13 +320,19 @@ class Config:
     def from_dict(cls, d: dict[str, Any]) -> Config:
         d = dict(d or {})
         _check_keys(cls, d, "config")
-        return cls(model=d.get("model") or {}, train=d.get("train") or {},
-                   quant=d.get("quant") or {})
+        return cls(
+            model=d.get("model") or {},
+            train=d.get("train") or {},
+            quant=d.get("quant") or {},
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain containers only (safe for ``torch.load(weights_only=True)``)."""
-        return {"model": dict(self.model), "train": dataclasses.asdict(self.train),
-                "quant": dataclasses.asdict(self.quant)}
+        return {
+            "model": dict(self.model),
+            "train": dataclasses.asdict(self.train),
+            "quant": dataclasses.asdict(self.quant),
+        }
 
     def override(self, assignments: list[str]) -> Config:
         """A new config with ``section.field=value`` assignments applied.
@@ -271,8 +346,10 @@ class Config:
             key, value = a.split("=", 1)
             parts = key.strip().split(".")
             if len(parts) < 2 or parts[0] not in d:
-                raise ConfigError(f"override {a!r}: the key must start with one of "
-                                  f"{', '.join(d)} and name a field (train.lr=1e-3)")
+                raise ConfigError(
+                    f"override {a!r}: the key must start with one of "
+                    f"{', '.join(d)} and name a field (train.lr=1e-3)"
+                )
             node = d
             for p in parts[:-1]:
                 if not isinstance(node.get(p), dict):

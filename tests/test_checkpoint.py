@@ -61,12 +61,18 @@ def test_find_latest_orders_by_step_and_prunes(tmp_path):
         save_checkpoint(checkpoint_path(tmp_path, step), {"step": step})
     (tmp_path / "checkpoint-x.pt").write_text("ignored")
     assert [p.name for p in list_checkpoints(tmp_path)] == [
-        "checkpoint-2.pt", "checkpoint-9.pt", "checkpoint-10.pt", "checkpoint-100.pt"]
+        "checkpoint-2.pt",
+        "checkpoint-9.pt",
+        "checkpoint-10.pt",
+        "checkpoint-100.pt",
+    ]
     assert find_latest(tmp_path).name == "checkpoint-100.pt"
     removed = remove_old_checkpoints(tmp_path, 2)
     assert sorted(p.name for p in removed) == ["checkpoint-2.pt", "checkpoint-9.pt"]
     assert [p.name for p in list_checkpoints(tmp_path)] == [
-        "checkpoint-10.pt", "checkpoint-100.pt"]
+        "checkpoint-10.pt",
+        "checkpoint-100.pt",
+    ]
 
 
 def test_average_is_the_arithmetic_mean():
@@ -99,25 +105,34 @@ def test_average_cli_last_n(tmp_path):
     states = {}
     for step in (10, 20, 30):
         states[step] = _state(step)
-        save_checkpoint(checkpoint_path(tmp_path, step),
-                        {"model": states[step], "config": {"step": step}, "step": step})
+        save_checkpoint(
+            checkpoint_path(tmp_path, step),
+            {"model": states[step], "config": {"step": step}, "step": step},
+        )
     out = tmp_path / "avg.pt"
-    assert average.main(["--exp-dir", str(tmp_path), "--last", "2", "--out",
-                         str(out)]) == 0
+    assert (
+        average.main(["--exp-dir", str(tmp_path), "--last", "2", "--out", str(out)])
+        == 0
+    )
     avg = load_checkpoint(out)
-    torch.testing.assert_close(avg["model"]["w"],
-                               (states[20]["w"] + states[30]["w"]) / 2)
+    torch.testing.assert_close(
+        avg["model"]["w"], (states[20]["w"] + states[30]["w"]) / 2
+    )
     assert avg["config"] == {"step": 30}
     assert [p.split("/")[-1] for p in avg["averaged_from"]] == [
-        "checkpoint-20.pt", "checkpoint-30.pt"]
+        "checkpoint-20.pt",
+        "checkpoint-30.pt",
+    ]
     # explicit files give the same as the library call
     files = [str(checkpoint_path(tmp_path, s)) for s in (10, 30)]
     assert average.main(["--out", str(out), *files]) == 0
     direct = average_checkpoints(files)
     assert torch.equal(load_checkpoint(out)["model"]["w"], direct["model"]["w"])
     # asking for more checkpoints than exist is an error, not a silent subset
-    assert average.main(["--exp-dir", str(tmp_path), "--last", "5", "--out",
-                         str(out)]) == 2
+    assert (
+        average.main(["--exp-dir", str(tmp_path), "--last", "5", "--out", str(out)])
+        == 2
+    )
 
 
 def test_rng_state_roundtrip(tmp_path):

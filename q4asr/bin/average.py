@@ -25,13 +25,18 @@ log = logging.getLogger("q4asr.average")
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="q4asr-average", description=__doc__.split("\n\n")[0],
+        prog="q4asr-average",
+        description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("checkpoints", nargs="*", help="checkpoint files to average")
     p.add_argument("--exp-dir", default=None, help="take checkpoints from here")
-    p.add_argument("--last", type=int, default=None,
-                   help="average the newest N checkpoint-<step>.pt of --exp-dir")
+    p.add_argument(
+        "--last",
+        type=int,
+        default=None,
+        help="average the newest N checkpoint-<step>.pt of --exp-dir",
+    )
     p.add_argument("--out", required=True, help="output file")
     return p
 
@@ -52,9 +57,10 @@ def select(args: argparse.Namespace) -> list[Path]:
         raise ValueError(f"--last: must be >= 1, got {args.last}")
     found = list_checkpoints(args.exp_dir)
     if len(found) < args.last:
-        raise ValueError(f"{args.exp_dir}: {len(found)} checkpoints, fewer than "
-                         f"--last {args.last}")
-    return found[-args.last:]
+        raise ValueError(
+            f"{args.exp_dir}: {len(found)} checkpoints, fewer than --last {args.last}"
+        )
+    return found[-args.last :]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,8 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", e)
         return 2
     save_checkpoint(args.out, averaged)
-    log.info("averaged %d checkpoints (%s) -> %s", len(paths),
-             ", ".join(p.name for p in paths), args.out)
+    log.info(
+        "averaged %d checkpoints (%s) -> %s",
+        len(paths),
+        ", ".join(p.name for p in paths),
+        args.out,
+    )
     return 0
 
 

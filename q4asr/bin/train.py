@@ -62,7 +62,8 @@ log = logging.getLogger("q4asr.train")
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="q4asr-train", description=__doc__.split("\n\n")[0],
+        prog="q4asr-train",
+        description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", required=True, help="training YAML (model/train/quant)")
@@ -71,8 +72,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--valid-cuts", default=None, help="validation cut manifest")
     p.add_argument("--bpe-model", required=True, help="sentencepiece .model")
     p.add_argument("--plan", default=None, help="precision plan (sets quant.plan)")
-    p.add_argument("--init-from", default=None,
-                   help="float checkpoint to start from (sets quant.init_from)")
+    p.add_argument(
+        "--init-from",
+        default=None,
+        help="float checkpoint to start from (sets quant.init_from)",
+    )
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--num-epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
@@ -80,9 +84,14 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--num-workers", type=int, default=None)
     p.add_argument("--num-threads", type=int, default=None)
-    p.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="SECTION.FIELD=VALUE",
-                   help="override one config field (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override one config field (repeatable)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     return p
 
@@ -90,12 +99,17 @@ def get_parser() -> argparse.ArgumentParser:
 def build_config(args: argparse.Namespace) -> Config:
     """The YAML config with the command-line overrides applied."""
     overrides = list(args.overrides)
-    for flag, key in [("plan", "quant.plan"), ("init_from", "quant.init_from"),
-                      ("max_steps", "train.max_steps"),
-                      ("num_epochs", "train.num_epochs"), ("seed", "train.seed"),
-                      ("max_duration", "train.max_duration"), ("lr", "train.lr"),
-                      ("num_workers", "train.num_workers"),
-                      ("num_threads", "train.num_threads")]:
+    for flag, key in [
+        ("plan", "quant.plan"),
+        ("init_from", "quant.init_from"),
+        ("max_steps", "train.max_steps"),
+        ("num_epochs", "train.num_epochs"),
+        ("seed", "train.seed"),
+        ("max_duration", "train.max_duration"),
+        ("lr", "train.lr"),
+        ("num_workers", "train.num_workers"),
+        ("num_threads", "train.num_threads"),
+    ]:
         v = getattr(args, flag)
         if v is not None:
             overrides.append(f"{key}={v}")
@@ -196,14 +210,19 @@ def build_model(cfg: Config, tokenizer: Tokenizer) -> tuple[torch.nn.Module, dic
     from q4asr.model import build_model as _build
 
     model_dict = dict(cfg.model)
-    fields = {f.name for f in dataclasses.fields(ModelConfig)} \
-        if dataclasses.is_dataclass(ModelConfig) else set()
+    fields = (
+        {f.name for f in dataclasses.fields(ModelConfig)}
+        if dataclasses.is_dataclass(ModelConfig)
+        else set()
+    )
     if "vocab_size" in fields:
         if "vocab_size" not in model_dict:
             model_dict["vocab_size"] = tokenizer.vocab_size
         elif model_dict["vocab_size"] != tokenizer.vocab_size:
-            raise ConfigError(f"model.vocab_size: {model_dict['vocab_size']} but the "
-                              f"BPE model has {tokenizer.vocab_size} pieces")
+            raise ConfigError(
+                f"model.vocab_size: {model_dict['vocab_size']} but the "
+                f"BPE model has {tokenizer.vocab_size} pieces"
+            )
     try:
         mcfg = ModelConfig.from_dict(model_dict)
     except (TypeError, ValueError) as e:
@@ -276,24 +295,43 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
     num_params = sum(p.numel() for p in model.parameters())
     log.info("model: %.2fM parameters", num_params / 1e6)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr,
-                                  betas=tuple(tc.adam_betas),
-                                  weight_decay=tc.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=tc.lr,
+        betas=tuple(tc.adam_betas),
+        weight_decay=tc.weight_decay,
+    )
     scheduler = LRSchedule(optimizer, tc)
 
-    spec = DataSpec(max_duration=tc.max_duration, num_buckets=tc.num_buckets,
-                    seed=tc.seed, num_workers=tc.num_workers,
-                    on_the_fly_features=tc.on_the_fly_features,
-                    num_mel_bins=int(model_cfg_dict["num_mel_bins"]),
-                    max_utterance_duration=tc.max_utterance_duration)
-    train_data = make_loader(args.train_cuts, tokenizer, spec, train=True,
-                             world_size=d.world_size, rank=d.rank)
+    spec = DataSpec(
+        max_duration=tc.max_duration,
+        num_buckets=tc.num_buckets,
+        seed=tc.seed,
+        num_workers=tc.num_workers,
+        on_the_fly_features=tc.on_the_fly_features,
+        num_mel_bins=int(model_cfg_dict["num_mel_bins"]),
+        max_utterance_duration=tc.max_utterance_duration,
+    )
+    train_data = make_loader(
+        args.train_cuts,
+        tokenizer,
+        spec,
+        train=True,
+        world_size=d.world_size,
+        rank=d.rank,
+    )
     train_loader, sampler = train_data.loader, train_data.sampler
     valid_loader = None
     if args.valid_cuts:
         vspec = dataclasses.replace(spec, num_workers=min(spec.num_workers, 1))
-        valid_loader = make_loader(args.valid_cuts, tokenizer, vspec, train=False,
-                                   world_size=d.world_size, rank=d.rank).loader
+        valid_loader = make_loader(
+            args.valid_cuts,
+            tokenizer,
+            vspec,
+            train=False,
+            world_size=d.world_size,
+            rank=d.rank,
+        ).loader
     augment = SpecAugmenter(tc.spec_augment) if tc.spec_augment.enabled else None
 
     step, epoch, batches_done = 0, 0, 0
@@ -310,8 +348,13 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
         restore_sampler(sampler, ckpt["sampler"])
         rng = ckpt["rng"]
         set_rng_state(rng[d.rank] if len(rng) == d.world_size else rng[0])
-        log.info("resumed from %s (step %d, epoch %d, batch %d of the epoch)",
-                 latest, step, epoch, batches_done)
+        log.info(
+            "resumed from %s (step %d, epoch %d, batch %d of the epoch)",
+            latest,
+            step,
+            epoch,
+            batches_done,
+        )
         if cfg.quant.init_from:
             log.info("resuming: quant.init_from is not used")
     ckpt = None
@@ -329,7 +372,8 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
     ddp_model: torch.nn.Module = model
     if d.enabled:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[d.local_rank] if device_kind == "cuda" else None)
+            model, device_ids=[d.local_rank] if device_kind == "cuda" else None
+        )
 
     writer = None
     if d.is_main:
@@ -370,8 +414,9 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
         if state is not None:
             path = save_checkpoint(checkpoint_path(exp_dir, s), state)
             removed = remove_old_checkpoints(exp_dir, tc.keep_last_checkpoints)
-            log.info("saved %s%s", path, f" (removed {len(removed)} old)"
-                     if removed else "")
+            log.info(
+                "saved %s%s", path, f" (removed {len(removed)} old)" if removed else ""
+            )
         if d.enabled:
             dist.barrier()
 
@@ -384,16 +429,34 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
             for b in valid_loader:
                 if b["features"].shape[0] == 0:
                     continue
-                out = model(b["features"].to(device), b["feature_lens"].to(device),
-                            b["tokens"], warmup=warmup_value(step))
-                sums = [a + float(v) for a, v in zip(sums, [
-                    out["loss"], out["simple_loss"], out["pruned_loss"],
-                    out["ctc_loss"], out["num_frames"]])]
+                out = model(
+                    b["features"].to(device),
+                    b["feature_lens"].to(device),
+                    b["tokens"],
+                    warmup=warmup_value(step),
+                )
+                sums = [
+                    a + float(v)
+                    for a, v in zip(
+                        sums,
+                        [
+                            out["loss"],
+                            out["simple_loss"],
+                            out["pruned_loss"],
+                            out["ctc_loss"],
+                            out["num_frames"],
+                        ],
+                    )
+                ]
         model.train()
         sums = all_reduce_sum(sums, d, device)
         frames = max(sums[4], 1.0)
-        return {"loss": sums[0] / frames, "simple_loss": sums[1] / frames,
-                "pruned_loss": sums[2] / frames, "ctc_loss": sums[3] / frames}
+        return {
+            "loss": sums[0] / frames,
+            "simple_loss": sums[1] / frames,
+            "pruned_loss": sums[2] / frames,
+            "ctc_loss": sums[3] / frames,
+        }
 
     def warmup_value(s: int) -> float:
         return s / tc.model_warmup_steps
@@ -407,13 +470,27 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
     if d.is_main and not args.no_progress:
         from tqdm import tqdm
 
-        progress = tqdm(total=tc.max_steps, initial=step, unit="step",
-                        mininterval=1.0, dynamic_ncols=True, file=sys.stderr)
+        progress = tqdm(
+            total=tc.max_steps,
+            initial=step,
+            unit="step",
+            mininterval=1.0,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
 
     model.train()
     t_start = time.time()
-    interval = {"loss": 0.0, "simple_loss": 0.0, "pruned_loss": 0.0, "ctc_loss": 0.0,
-                "frames": 0.0, "in_frames": 0.0, "audio": 0.0, "utts": 0.0}
+    interval = {
+        "loss": 0.0,
+        "simple_loss": 0.0,
+        "pruned_loss": 0.0,
+        "ctc_loss": 0.0,
+        "frames": 0.0,
+        "in_frames": 0.0,
+        "audio": 0.0,
+        "utts": 0.0,
+    }
     t_interval = time.time()
     train_seconds_before = totals["train_seconds"]
     last_saved = step if latest is not None else -1
@@ -423,7 +500,11 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
         for batch in train_loader:
             batches_done += 1
             skipped.update(batch["skipped"])
-            feats, lens, tokens = batch["features"], batch["feature_lens"], batch["tokens"]
+            feats, lens, tokens = (
+                batch["features"],
+                batch["feature_lens"],
+                batch["tokens"],
+            )
             n = feats.shape[0]
             if d.enabled:  # every rank must take the step, or none
                 n_min = torch.tensor([n], device=device)
@@ -435,31 +516,52 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
             if augment is not None:
                 feats = augment(feats, lens)
             set_quant(quant_on(step))
-            out = ddp_model(feats.to(device), lens.to(device), tokens,
-                            warmup=warmup_value(step))
+            out = ddp_model(
+                feats.to(device), lens.to(device), tokens, warmup=warmup_value(step)
+            )
             loss = out["loss"]
             optimizer.zero_grad(set_to_none=True)
             (loss / n).backward()
             if tc.grad_clip is not None:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                                 tc.grad_clip))
+                grad_norm = float(
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                )
             else:
-                grad_norm = float(torch.sqrt(sum(
-                    (p.grad.detach().double() ** 2).sum() for p in model.parameters()
-                    if p.grad is not None)))
+                grad_norm = float(
+                    torch.sqrt(
+                        sum(
+                            (p.grad.detach().double() ** 2).sum()
+                            for p in model.parameters()
+                            if p.grad is not None
+                        )
+                    )
+                )
             if math.isfinite(grad_norm):
                 optimizer.step()
             else:
-                log.warning("step %d: non-finite gradient norm, update skipped "
-                            "(cuts %s)", step, ",".join(batch["cut_ids"][:5]))
+                log.warning(
+                    "step %d: non-finite gradient norm, update skipped (cuts %s)",
+                    step,
+                    ",".join(batch["cut_ids"][:5]),
+                )
             scheduler.step()
             step += 1
 
             in_frames = float(lens.sum())
-            vals = all_reduce_sum([float(loss.detach()), float(out["simple_loss"]),
-                                   float(out["pruned_loss"]), float(out["ctc_loss"]),
-                                   float(out["num_frames"]), in_frames,
-                                   batch["duration"], float(n)], d, device)
+            vals = all_reduce_sum(
+                [
+                    float(loss.detach()),
+                    float(out["simple_loss"]),
+                    float(out["pruned_loss"]),
+                    float(out["ctc_loss"]),
+                    float(out["num_frames"]),
+                    in_frames,
+                    batch["duration"],
+                    float(n),
+                ],
+                d,
+                device,
+            )
             for k, v in zip(interval, vals):
                 interval[k] += v
             totals["audio_seconds"] += vals[6]
@@ -467,23 +569,33 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
             totals["train_seconds"] = train_seconds_before + time.time() - t_start
             if progress is not None:
                 progress.update(1)
-                progress.set_postfix(loss=f"{vals[0] / max(vals[4], 1):.3f}",
-                                     epoch=epoch, refresh=False)
+                progress.set_postfix(
+                    loss=f"{vals[0] / max(vals[4], 1):.3f}", epoch=epoch, refresh=False
+                )
 
             if step % tc.log_every == 0 or finished():
                 dt = max(time.time() - t_interval, 1e-9)
                 fr = max(interval["frames"], 1.0)
-                stats = {k: interval[k] / fr for k in
-                         ("loss", "simple_loss", "pruned_loss", "ctc_loss")}
-                stats.update(lr=scheduler.get_last_lr(), grad_norm=grad_norm,
-                             frames_per_sec=interval["in_frames"] / dt,
-                             audio_sec_per_sec=interval["audio"] / dt,
-                             utts_per_sec=interval["utts"] / dt)
+                stats = {
+                    k: interval[k] / fr
+                    for k in ("loss", "simple_loss", "pruned_loss", "ctc_loss")
+                }
+                stats.update(
+                    lr=scheduler.get_last_lr(),
+                    grad_norm=grad_norm,
+                    frames_per_sec=interval["in_frames"] / dt,
+                    audio_sec_per_sec=interval["audio"] / dt,
+                    utts_per_sec=interval["utts"] / dt,
+                )
                 if writer is not None:
                     for k, v in stats.items():
                         writer.add_scalar(f"train/{k}", v, step)
-                    log.info("epoch %d step %d: %s", epoch, step,
-                             " ".join(f"{k}={v:.4g}" for k, v in stats.items()))
+                    log.info(
+                        "epoch %d step %d: %s",
+                        epoch,
+                        step,
+                        " ".join(f"{k}={v:.4g}" for k, v in stats.items()),
+                    )
                 interval = dict.fromkeys(interval, 0.0)
                 t_interval = time.time()
             if step % tc.valid_every == 0:
@@ -491,8 +603,11 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
                 if v is not None and writer is not None:
                     for k, x in v.items():
                         writer.add_scalar(f"valid/{k}", x, step)
-                    log.info("step %d validation: %s", step,
-                             " ".join(f"{k}={x:.4f}" for k, x in v.items()))
+                    log.info(
+                        "step %d validation: %s",
+                        step,
+                        " ".join(f"{k}={x:.4f}" for k, x in v.items()),
+                    )
             if step % tc.checkpoint_every == 0:
                 save(step)
                 last_saved = step
@@ -512,10 +627,16 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
         dist.barrier()
     summary = None
     if d.is_main:
-        final = {"model": model.state_dict(), "config": cfg.to_dict(),
-                 "model_config": model_cfg_dict, "plan": plan_info,
-                 "plan_path": cfg.quant.plan, "step": step,
-                 "bpe_model": str(args.bpe_model), "env": env_info()}
+        final = {
+            "model": model.state_dict(),
+            "config": cfg.to_dict(),
+            "model_config": model_cfg_dict,
+            "plan": plan_info,
+            "plan_path": cfg.quant.plan,
+            "step": step,
+            "bpe_model": str(args.bpe_model),
+            "env": env_info(),
+        }
         save_checkpoint(exp_dir / "final.pt", final)
         wall = totals["train_seconds"]
         summary = {
@@ -533,12 +654,19 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
             "final_valid": valid,
             "env": env_info(),
         }
-        atomic_write(exp_dir / "train_summary.json",
-                     lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+        atomic_write(
+            exp_dir / "train_summary.json",
+            lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)),
+        )
         if writer is not None:
             writer.close()
-        log.info("done: %d steps, %.1f s of audio in %.1f s (%.1f audio s/s)",
-                 step, summary["audio_seconds"], wall, summary["audio_sec_per_sec"])
+        log.info(
+            "done: %d steps, %.1f s of audio in %.1f s (%.1f audio s/s)",
+            step,
+            summary["audio_seconds"],
+            wall,
+            summary["audio_sec_per_sec"],
+        )
     if d.enabled:
         dist.destroy_process_group()
     return summary

@@ -62,8 +62,13 @@ class CutFilter:
     ``{cut_id: reason}`` for this process.
     """
 
-    def __init__(self, tokenizer: Tokenizer, need_features: bool,
-                 max_duration: float = 30.0, name: str = "train"):
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        need_features: bool,
+        max_duration: float = 30.0,
+        name: str = "train",
+    ):
         self.tokenizer = tokenizer
         self.need_features = need_features
         self.max_duration = max_duration
@@ -80,8 +85,10 @@ class CutFilter:
         if not self.need_features and not cut.has_recording:
             return "no recording to compute features from"
         if cut.duration > self.max_duration:
-            return (f"duration {cut.duration:.2f}s > max_utterance_duration "
-                    f"{self.max_duration:.2f}s")
+            return (
+                f"duration {cut.duration:.2f}s > max_utterance_duration "
+                f"{self.max_duration:.2f}s"
+            )
         t = cut_num_frames(cut)
         if t < MIN_FRAMES:
             return f"too short: {t} frames < {MIN_FRAMES}"
@@ -113,8 +120,12 @@ class AsrDataset(torch.utils.data.Dataset):
     ``N`` may be 0 when every cut in the batch failed to load.
     """
 
-    def __init__(self, tokenizer: Tokenizer, on_the_fly_features: bool = False,
-                 num_mel_bins: int = 80):
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        on_the_fly_features: bool = False,
+        num_mel_bins: int = 80,
+    ):
         self.tokenizer = tokenizer
         self.num_mel_bins = num_mel_bins
         self.extractor = None
@@ -136,8 +147,10 @@ class AsrDataset(torch.utils.data.Dataset):
             feats = cut.load_features()
         feats = torch.as_tensor(feats, dtype=torch.float32)
         if feats.ndim != 2 or feats.shape[1] != self.num_mel_bins:
-            raise ValueError(f"features of shape {tuple(feats.shape)}, expected "
-                             f"(T, {self.num_mel_bins})")
+            raise ValueError(
+                f"features of shape {tuple(feats.shape)}, expected "
+                f"(T, {self.num_mel_bins})"
+            )
         if feats.shape[0] < MIN_FRAMES:
             raise ValueError(f"only {feats.shape[0]} frames")
         if not torch.isfinite(feats).all():
@@ -184,8 +197,9 @@ class SpecAugmenter:
         assert feats.ndim == 3, feats.shape
         assert feat_lens.shape == (feats.shape[0],), (feat_lens.shape, feats.shape)
         n = feats.shape[0]
-        segments = torch.stack([torch.arange(n), torch.zeros(n, dtype=torch.int64),
-                                feat_lens.cpu()], dim=1)
+        segments = torch.stack(
+            [torch.arange(n), torch.zeros(n, dtype=torch.int64), feat_lens.cpu()], dim=1
+        )
         return self.transform(feats, supervision_segments=segments)
 
 
@@ -210,9 +224,15 @@ def load_cuts(path: str | Path) -> CutSet:
     return CutSet.from_jsonl_lazy(path)
 
 
-def make_sampler(cuts: CutSet, spec: DataSpec, cut_filter: CutFilter, *,
-                 shuffle: bool, world_size: int = 1, rank: int = 0
-                 ) -> DynamicBucketingSampler:
+def make_sampler(
+    cuts: CutSet,
+    spec: DataSpec,
+    cut_filter: CutFilter,
+    *,
+    shuffle: bool,
+    world_size: int = 1,
+    rank: int = 0,
+) -> DynamicBucketingSampler:
     """A seeded ``DynamicBucketingSampler`` over the cuts ``cut_filter`` accepts."""
     sampler = DynamicBucketingSampler(
         cuts,
@@ -237,8 +257,15 @@ class Loader:
     cut_filter: CutFilter
 
 
-def make_loader(cuts_path: str | Path, tokenizer: Tokenizer, spec: DataSpec, *,
-                train: bool, world_size: int = 1, rank: int = 0) -> Loader:
+def make_loader(
+    cuts_path: str | Path,
+    tokenizer: Tokenizer,
+    spec: DataSpec,
+    *,
+    train: bool,
+    world_size: int = 1,
+    rank: int = 0,
+) -> Loader:
     """A DataLoader of :class:`AsrDataset` batches, with its sampler and filter.
 
     Training loaders shuffle (seeded); validation loaders keep manifest order. The
@@ -247,22 +274,33 @@ def make_loader(cuts_path: str | Path, tokenizer: Tokenizer, spec: DataSpec, *,
     one).
     """
     cuts = load_cuts(cuts_path)
-    cut_filter = CutFilter(tokenizer, need_features=not spec.on_the_fly_features,
-                           max_duration=spec.max_utterance_duration,
-                           name=f"{Path(cuts_path).name}")
-    sampler = make_sampler(cuts, spec, cut_filter, shuffle=train,
-                           world_size=world_size, rank=rank)
-    dataset = AsrDataset(tokenizer, on_the_fly_features=spec.on_the_fly_features,
-                         num_mel_bins=spec.num_mel_bins)
+    cut_filter = CutFilter(
+        tokenizer,
+        need_features=not spec.on_the_fly_features,
+        max_duration=spec.max_utterance_duration,
+        name=f"{Path(cuts_path).name}",
+    )
+    sampler = make_sampler(
+        cuts, spec, cut_filter, shuffle=train, world_size=world_size, rank=rank
+    )
+    dataset = AsrDataset(
+        tokenizer,
+        on_the_fly_features=spec.on_the_fly_features,
+        num_mel_bins=spec.num_mel_bins,
+    )
     loader = torch.utils.data.DataLoader(
-        dataset, sampler=sampler, batch_size=None, num_workers=spec.num_workers,
+        dataset,
+        sampler=sampler,
+        batch_size=None,
+        num_workers=spec.num_workers,
         generator=torch.Generator().manual_seed(spec.seed),
     )
     return Loader(loader, sampler, cut_filter)
 
 
-def sampler_state(sampler: DynamicBucketingSampler, epoch: int,
-                  batches_done: int) -> dict[str, Any]:
+def sampler_state(
+    sampler: DynamicBucketingSampler, epoch: int, batches_done: int
+) -> dict[str, Any]:
     """The sampler's state after the training loop consumed ``batches_done`` batches.
 
     DataLoader workers prefetch batches, so the sampler itself has run ahead of
@@ -272,8 +310,10 @@ def sampler_state(sampler: DynamicBucketingSampler, epoch: int,
     sd = copy.deepcopy(sampler.state_dict())
     sd["epoch"] = epoch
     stats = sd["diagnostics"]["stats_per_epoch"]
-    ep = dict(stats.get(epoch) or {"epoch": epoch, "kept_cuts": 0,
-                                    "discarded_cuts": 0, "discarded_batches": 0})
+    ep = dict(
+        stats.get(epoch)
+        or {"epoch": epoch, "kept_cuts": 0, "discarded_cuts": 0, "discarded_batches": 0}
+    )
     ep.update(epoch=epoch, kept_batches=batches_done, discarded_batches=0)
     stats[epoch] = ep
     sd["diagnostics"]["current_epoch"] = epoch

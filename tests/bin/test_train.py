@@ -24,18 +24,41 @@ from q4asr.config import Config, ConfigError, load_config
 from q4asr.model import ModelConfig, build_model
 
 MAX_STEPS = 40
-TINY_MODEL = dict(num_mel_bins=80, subsampling_channels=8, d_model=32, num_layers=2,
-                  num_heads=2, ffn_dim=64, conv_kernel=7, dropout=0.1,
-                  decoder_dim=32, joiner_dim=32)
+TINY_MODEL = dict(
+    num_mel_bins=80,
+    subsampling_channels=8,
+    d_model=32,
+    num_layers=2,
+    num_heads=2,
+    ffn_dim=64,
+    conv_kernel=7,
+    dropout=0.1,
+    decoder_dim=32,
+    joiner_dim=32,
+)
 
 
 def _config(tmp: Path, **train_overrides) -> Path:
-    tr = dict(seed=7, max_steps=MAX_STEPS, max_duration=10.0, num_buckets=2,
-              lr=3.0e-3, warmup_steps=5, model_warmup_steps=10, num_workers=0,
-              log_every=5, valid_every=20, checkpoint_every=5,
-              keep_last_checkpoints=3, num_threads=1,
-              spec_augment={"time_warp_factor": 5, "frames_mask_size": 10,
-                            "num_frame_masks": 2})
+    tr = dict(
+        seed=7,
+        max_steps=MAX_STEPS,
+        max_duration=10.0,
+        num_buckets=2,
+        lr=3.0e-3,
+        warmup_steps=5,
+        model_warmup_steps=10,
+        num_workers=0,
+        log_every=5,
+        valid_every=20,
+        checkpoint_every=5,
+        keep_last_checkpoints=3,
+        num_threads=1,
+        spec_augment={
+            "time_warp_factor": 5,
+            "frames_mask_size": 10,
+            "num_frame_masks": 2,
+        },
+    )
     tr.update(train_overrides)
     path = tmp / "train.yaml"
     path.write_text(yaml.safe_dump({"model": TINY_MODEL, "train": tr}))
@@ -43,10 +66,20 @@ def _config(tmp: Path, **train_overrides) -> Path:
 
 
 def _args(corpus, config: Path, exp_dir: Path, *extra: str) -> list[str]:
-    return ["--config", str(config), "--exp-dir", str(exp_dir),
-            "--train-cuts", str(corpus.cuts["train"]),
-            "--valid-cuts", str(corpus.cuts["dev"]),
-            "--bpe-model", str(corpus.bpe_model), "--no-progress", *extra]
+    return [
+        "--config",
+        str(config),
+        "--exp-dir",
+        str(exp_dir),
+        "--train-cuts",
+        str(corpus.cuts["train"]),
+        "--valid-cuts",
+        str(corpus.cuts["dev"]),
+        "--bpe-model",
+        str(corpus.bpe_model),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _env() -> dict[str, str]:
@@ -71,10 +104,21 @@ def test_run_writes_checkpoints_logs_and_summary(reference, tiny_corpus):
     _, exp = reference
     # keep_last_checkpoints=3 of every 5 steps
     assert [p.name for p in list_checkpoints(exp)] == [
-        f"checkpoint-{s}.pt" for s in (30, 35, 40)]
+        f"checkpoint-{s}.pt" for s in (30, 35, 40)
+    ]
     ckpt = load_checkpoint(exp / "checkpoint-35.pt")
-    for key in ("model", "optimizer", "scheduler", "sampler", "rng", "step",
-                "epoch", "config", "env", "plan"):
+    for key in (
+        "model",
+        "optimizer",
+        "scheduler",
+        "sampler",
+        "rng",
+        "step",
+        "epoch",
+        "config",
+        "env",
+        "plan",
+    ):
         assert key in ckpt, key
     assert ckpt["step"] == 35 and ckpt["plan"] is None
     assert ckpt["config"]["train"]["max_steps"] == MAX_STEPS
@@ -98,9 +142,16 @@ def test_run_writes_checkpoints_logs_and_summary(reference, tiny_corpus):
     acc = EventAccumulator(str(exp / "tensorboard"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    for tag in ("train/loss", "train/simple_loss", "train/pruned_loss",
-                "train/ctc_loss", "train/lr", "train/frames_per_sec",
-                "train/audio_sec_per_sec", "valid/loss"):
+    for tag in (
+        "train/loss",
+        "train/simple_loss",
+        "train/pruned_loss",
+        "train/ctc_loss",
+        "train/lr",
+        "train/frames_per_sec",
+        "train/audio_sec_per_sec",
+        "valid/loss",
+    ):
         assert tag in tags, tag
     losses = [e.value for e in acc.Scalars("train/loss")]
     assert [e.step for e in acc.Scalars("train/loss")] == list(range(5, 41, 5))
@@ -113,8 +164,9 @@ def test_resume_after_sigkill_is_bit_exact(reference, tiny_corpus, tmp_path):
     config, ref_exp = reference
     exp = tmp_path / "exp"
     cmd = [sys.executable, "-m", "q4asr.bin.train", *_args(tiny_corpus, config, exp)]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 120
     try:
         while find_latest(exp) is None:
@@ -147,12 +199,21 @@ def test_resume_after_sigkill_is_bit_exact(reference, tiny_corpus, tmp_path):
 
 
 def test_ddp_two_processes_on_cpu(tiny_corpus, tmp_path):
-    config = _config(tmp_path, max_steps=4, checkpoint_every=2, valid_every=2,
-                     log_every=2)
+    config = _config(
+        tmp_path, max_steps=4, checkpoint_every=2, valid_every=2, log_every=2
+    )
     exp = tmp_path / "exp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           "--nproc-per-node", "2", "-m", "q4asr.bin.train",
-           *_args(tiny_corpus, config, exp)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "q4asr.bin.train",
+        *_args(tiny_corpus, config, exp),
+    ]
     out = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     log = out.stdout + out.stderr
@@ -172,10 +233,16 @@ def test_bad_utterances_are_skipped_and_logged(tiny_corpus, tmp_path, capfd):
     garbage = tmp_path / "garbage.lca"
     garbage.write_bytes(os.urandom(4096))
     first, second = cuts[0], cuts[1]
-    bad_feats = fastcopy(first, id="corrupt-features", features=fastcopy(
-        first.features, storage_path=str(garbage)))
-    no_text = fastcopy(second, id="empty-transcript", supervisions=[
-        fastcopy(second.supervisions[0], text="")])
+    bad_feats = fastcopy(
+        first,
+        id="corrupt-features",
+        features=fastcopy(first.features, storage_path=str(garbage)),
+    )
+    no_text = fastcopy(
+        second,
+        id="empty-transcript",
+        supervisions=[fastcopy(second.supervisions[0], text="")],
+    )
     manifest = tmp_path / "bad_cuts_train.jsonl.gz"
     CutSet.from_cuts([bad_feats, no_text, *list(cuts)[2:]]).to_file(manifest)
 
@@ -201,9 +268,22 @@ def test_qat_from_float_checkpoint(reference, tiny_corpus, tmp_path):
     plan.write_text("default: {weight_bits: 4, act_bits: 8}\n")
     exp = tmp_path / "exp"
     config = _config(tmp_path, max_steps=3, checkpoint_every=3, valid_every=3)
-    assert train.main(_args(tiny_corpus, config, exp, "--plan", str(plan),
-                            "--init-from", str(ref_exp / "final.pt"),
-                            "--lr", "1e-12")) == 0
+    assert (
+        train.main(
+            _args(
+                tiny_corpus,
+                config,
+                exp,
+                "--plan",
+                str(plan),
+                "--init-from",
+                str(ref_exp / "final.pt"),
+                "--lr",
+                "1e-12",
+            )
+        )
+        == 0
+    )
     final = load_checkpoint(exp / "final.pt")
     assert final["plan"] == load_plan(plan).to_dict()
     assert final["config"]["quant"]["init_from"] == str(ref_exp / "final.pt")
@@ -217,8 +297,11 @@ def test_qat_from_float_checkpoint(reference, tiny_corpus, tmp_path):
 
 def test_config_errors_name_the_field(tiny_corpus, tmp_path, capfd):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"model": TINY_MODEL,
-                                   "train": {"max_steps": 2, "learning_rate": 1}}))
+    bad.write_text(
+        yaml.safe_dump(
+            {"model": TINY_MODEL, "train": {"max_steps": 2, "learning_rate": 1}}
+        )
+    )
     assert train.main(_args(tiny_corpus, bad, tmp_path / "exp")) == 2
     err = capfd.readouterr().err
     assert "train: unknown key 'learning_rate'" in err and "allowed: seed" in err
@@ -240,8 +323,9 @@ def test_config_errors_name_the_field(tiny_corpus, tmp_path, capfd):
         Config.from_dict({"train": {"max_steps": None}})
 
     bad_model = tmp_path / "bad_model.yaml"
-    bad_model.write_text(yaml.safe_dump({"model": {"d_modle": 8},
-                                         "train": {"max_steps": 1}}))
+    bad_model.write_text(
+        yaml.safe_dump({"model": {"d_modle": 8}, "train": {"max_steps": 1}})
+    )
     assert train.main(_args(tiny_corpus, bad_model, tmp_path / "exp2")) == 2
     assert "d_modle" in capfd.readouterr().err
 
@@ -249,9 +333,27 @@ def test_config_errors_name_the_field(tiny_corpus, tmp_path, capfd):
 def test_command_line_overrides_single_fields(tmp_path):
     config = _config(tmp_path)
     args = train.get_parser().parse_args(
-        ["--config", str(config), "--exp-dir", "x", "--train-cuts", "t",
-         "--bpe-model", "b", "--max-steps", "3", "--seed", "11", "--lr", "1e-4",
-         "--set", "train.spec_augment.enabled=false", "--set", "model.dropout=0.2"])
+        [
+            "--config",
+            str(config),
+            "--exp-dir",
+            "x",
+            "--train-cuts",
+            "t",
+            "--bpe-model",
+            "b",
+            "--max-steps",
+            "3",
+            "--seed",
+            "11",
+            "--lr",
+            "1e-4",
+            "--set",
+            "train.spec_augment.enabled=false",
+            "--set",
+            "model.dropout=0.2",
+        ]
+    )
     cfg = train.build_config(args)
     assert cfg.train.max_steps == 3 and cfg.train.seed == 11
     assert cfg.train.lr == 1e-4 and cfg.train.spec_augment.enabled is False

@@ -53,7 +53,7 @@ def test_batches_cover_the_epoch(tiny_corpus, tok):
         assert b["tokens"] == tok.encode(b["texts"])
         assert b["duration"] <= 8.0 + 1e-6
         for i in range(n):  # padding is zero, valid frames are not
-            assert torch.all(x[i, lens[i]:] == 0)
+            assert torch.all(x[i, lens[i] :] == 0)
             assert x[i, : lens[i]].abs().sum() > 0
         seen += b["cut_ids"]
     train_ids = [c.id for c in CutSet.from_file(tiny_corpus.cuts["train"])]
@@ -95,27 +95,37 @@ def test_unreadable_features_and_audio_are_skipped(tiny_corpus, tok, tmp_path, c
     cuts = CutSet.from_file(tiny_corpus.cuts["train"]).to_eager()
     a, b, c = cuts[0], cuts[1], cuts[2]
     garbage = tmp_path / "garbage.lca"
-    garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 4096,
-                                                          dtype=np.uint8).tobytes())
+    garbage.write_bytes(
+        np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    )
     bad_feats = fastcopy(b, features=fastcopy(b.features, storage_path=str(garbage)))
     ds = AsrDataset(tok)
     with caplog.at_level(logging.WARNING, logger="q4asr"):
         batch = ds[CutSet.from_cuts([a, bad_feats, c])]
     assert batch["cut_ids"] == [a.id, c.id]
-    assert list(batch["skipped"]) == [b.id] and "cannot read features" in \
-        batch["skipped"][b.id]
+    assert (
+        list(batch["skipped"]) == [b.id]
+        and "cannot read features" in batch["skipped"][b.id]
+    )
     assert f"skipping cut {b.id}" in caplog.text
     assert batch["features"].shape[0] == 2
     # on the fly: a corrupted audio file is skipped the same way
     src = a.recording.sources[0].source
     broken = tmp_path / "broken.flac"
     broken.write_bytes(open(src, "rb").read()[:200])
-    bad_audio = fastcopy(a, id="bad-audio", recording=fastcopy(
-        a.recording, sources=[fastcopy(a.recording.sources[0], source=str(broken))]))
+    bad_audio = fastcopy(
+        a,
+        id="bad-audio",
+        recording=fastcopy(
+            a.recording, sources=[fastcopy(a.recording.sources[0], source=str(broken))]
+        ),
+    )
     fly = AsrDataset(tok, on_the_fly_features=True)
     batch = fly[CutSet.from_cuts([bad_audio, c])]
-    assert batch["cut_ids"] == [c.id] and "cannot read audio" in \
-        batch["skipped"]["bad-audio"]
+    assert (
+        batch["cut_ids"] == [c.id]
+        and "cannot read audio" in batch["skipped"]["bad-audio"]
+    )
     # ... and the on-the-fly features match the precomputed ones (lilcom is lossy)
     pre = torch.as_tensor(c.load_features())
     got = batch["features"][0, : batch["feature_lens"][0]]
@@ -153,8 +163,9 @@ def test_spec_augment_keeps_shape_and_input(tiny_corpus, tok):
     ds = AsrDataset(tok)
     batch = ds[CutSet.from_file(tiny_corpus.cuts["dev"]).subset(first=3)]
     x, lens = batch["features"], batch["feature_lens"]
-    aug = SpecAugmenter(SpecAugmentConfig(p=1.0, time_warp_factor=5,
-                                          frames_mask_size=10))
+    aug = SpecAugmenter(
+        SpecAugmentConfig(p=1.0, time_warp_factor=5, frames_mask_size=10)
+    )
     torch.manual_seed(0)
     y = aug(x, lens)
     assert y.shape == x.shape and not torch.equal(x, y)
