@@ -1,0 +1,61 @@
+"""q4asr-decode: decode lhotse cuts with a model file or checkpoint; score with jiwer.
+
+    q4asr-decode --model exp/qat_w4a8/model.safetensors \\
+        --cuts data/fbank/synth_cuts_test.jsonl.gz --test-set test \\
+        --method modified_beam_search --out-dir exp/qat_w4a8/decode
+
+Writes ``recogs-<set>-<method>.txt``, ``errs-<set>-<method>.txt`` (per-utterance
+alignments), ``wer-summary-<set>-<method>.txt`` and ``<set>-<method>.json`` (WER,
+errors, words, utts, RTF) to the output dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import torch
+
+from q4asr.decode.recognize import METHODS, decode_cuts
+from q4asr.decode.scoring import write_results
+from q4asr.modelfile import load_asr_model
+from q4asr.utils import setup_logging
+
+log = logging.getLogger("q4asr.decode")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True,
+                   help="model file (.safetensors) or training checkpoint (.pt)")
+    p.add_argument("--bpe-model", default=None, help="needed with a .pt checkpoint")
+    p.add_argument("--cuts", required=True)
+    p.add_argument("--test-set", required=True, help="name used in the output files")
+    p.add_argument("--method", default="greedy_search", choices=METHODS)
+    p.add_argument("--beam", type=int, default=4)
+    p.add_argument("--max-duration", type=float, default=200.0)
+    p.add_argument("--num-threads", type=int, default=None)
+    p.add_argument("--out-dir", required=True)
+    args = p.parse_args(argv)
+    setup_logging()
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    try:
+        asr = load_asr_model(args.model, args.bpe_model)
+        res = decode_cuts(asr, args.cuts, args.method, args.beam, args.max_duration)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for cut_id, why in res.failed.items():
+        log.warning("%s: %s (scored as an empty hypothesis)", cut_id, why)
+    write_results(args.out_dir, args.test_set, args.method, res.ids, res.refs, res.hyps,
+                  extra={"rtf": round(res.rtf, 5), "audio_seconds": round(res.audio_seconds, 2),
+                         "decode_seconds": round(res.decode_seconds, 2),
+                         "failed_utts": len(res.failed), "model": str(args.model),
+                         "num_threads": torch.get_num_threads()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

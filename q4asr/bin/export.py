@@ -1,0 +1,90 @@
+"""q4asr-export: a float, PTQ or QAT checkpoint -> one self-contained model file.
+
+    q4asr-export --checkpoint exp/qat_w4a8/avg.pt --method qat \\
+        --bpe-model data/lang_bpe_256/bpe.model --out exp/qat_w4a8/model.safetensors
+    q4asr-export --checkpoint exp/float32/avg.pt --method ptq --plan conf/plans/w4a8.yaml \\
+        --calibration-cuts data/fbank/synth_cuts_train.jsonl.gz --bpe-model ... --out ...
+
+Beside the model file, ``<out>.size.txt`` and ``<out>.size.json`` give the per-layer
+size report (name, params, weight bits, activation bits, bytes) and the total.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from q4asr.modelfile import METHODS, export_model, load_asr_model
+from q4asr.utils import setup_logging
+
+log = logging.getLogger("q4asr.export")
+
+
+def calibration_runner(cuts_path: str, bpe_model: str, num_batches: int,
+                       max_duration: float = 100.0):
+    """A ``calibrate`` callback: the model's forward (loss) on the first batches."""
+    from lhotse import CutSet
+    from lhotse.dataset import SimpleCutSampler
+
+    from q4asr.data.datamodule import AsrDataset
+    from q4asr.data.tokenizer import Tokenizer
+
+    if not Path(cuts_path).is_file():
+        raise FileNotFoundError(f"{cuts_path}: no such cut manifest")
+    dataset = AsrDataset(Tokenizer(bpe_model))
+    sampler = SimpleCutSampler(CutSet.from_jsonl_lazy(cuts_path),
+                               max_duration=max_duration, shuffle=False)
+
+    @torch.no_grad()
+    def run(model: torch.nn.Module) -> None:
+        for i, cuts in enumerate(sampler):
+            if i >= num_batches:
+                break
+            b = dataset[cuts.filter(lambda c: c.num_frames >= 7 if c.has_features else True)]
+            if b["cut_ids"]:
+                model(b["features"], b["feature_lens"], b["tokens"])
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True, help="avg.pt, final.pt or checkpoint-N.pt")
+    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--bpe-model", required=True)
+    p.add_argument("--plan", default=None, help="precision plan (ptq)")
+    p.add_argument("--calibration-cuts", default=None, help="cuts for PTQ calibration")
+    p.add_argument("--calibration-batches", type=int, default=8)
+    p.add_argument("--out", required=True, help="model file (.safetensors)")
+    args = p.parse_args(argv)
+    setup_logging()
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        print(f"error: --out {out}: must end in .safetensors", file=sys.stderr)
+        return 1
+    try:
+        calib = None
+        if args.method == "ptq" and args.calibration_cuts:
+            calib = calibration_runner(args.calibration_cuts, args.bpe_model,
+                                       args.calibration_batches)
+        summary = export_model(args.checkpoint, out, args.bpe_model, args.method,
+                               plan_path=args.plan, calibration=calib)
+        from q4asr.quant import format_size_table, size_report, size_report_json
+
+        asr = load_asr_model(out)  # the file must load back on its own
+        Path(f"{out}.size.txt").write_text(format_size_table(size_report(asr.model)) + "\n")
+        Path(f"{out}.size.json").write_text(size_report_json(asr.model) + "\n")
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
