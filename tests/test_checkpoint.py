@@ -128,9 +128,16 @@ def test_average_cli_last_n(tmp_path):
     assert average.main(["--out", str(out), *files]) == 0
     direct = average_checkpoints(files)
     assert torch.equal(load_checkpoint(out)["model"]["w"], direct["model"]["w"])
-    # asking for more checkpoints than exist is an error, not a silent subset
+    # asking for more checkpoints than exist averages those there are
     assert (
         average.main(["--exp-dir", str(tmp_path), "--last", "5", "--out", str(out)])
+        == 0
+    )
+    assert len(load_checkpoint(out)["averaged_from"]) == 3
+    assert (
+        average.main(
+            ["--exp-dir", str(tmp_path / "none"), "--last", "1", "--out", str(out)]
+        )
         == 2
     )
 

@@ -56,9 +56,14 @@ def select(args: argparse.Namespace) -> list[Path]:
     if args.last < 1:
         raise ValueError(f"--last: must be >= 1, got {args.last}")
     found = list_checkpoints(args.exp_dir)
+    if not found:
+        raise ValueError(f"{args.exp_dir}: no checkpoint-<step>.pt files")
     if len(found) < args.last:
-        raise ValueError(
-            f"{args.exp_dir}: {len(found)} checkpoints, fewer than --last {args.last}"
+        log.warning(
+            "%s: only %d checkpoints, averaging those instead of --last %d",
+            args.exp_dir,
+            len(found),
+            args.last,
         )
     return found[-args.last :]
 
