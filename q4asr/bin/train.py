@@ -16,6 +16,12 @@ in ``exp_dir/tensorboard``, ``exp_dir/final.pt`` (model state, config, plan) and
 ``exp_dir/train_summary.json``. When ``exp_dir`` already holds checkpoints, training
 continues from the latest one: same data order, RNG states and optimizer state, so
 an interrupted run ends with the same weights as an uninterrupted one.
+
+``train_summary.json``: ``steps``, ``epochs_completed``, ``wall_time_s`` (time in
+the training loop, summed over resumed runs; start-up and the final validation are
+not counted), ``audio_seconds`` seen (all ranks), ``audio_sec_per_sec``,
+``frames_per_sec`` (input feature frames), ``skipped_cuts`` (id -> reason),
+``final_valid`` losses per encoder frame, and the environment.
 """
 
 from __future__ import annotations
