@@ -1,0 +1,868 @@
+#!/usr/bin/env python3
+"""Benchmark q4asr against its peers on one Conformer transducer: size on disk,
+encoder and greedy-decode speed, peak memory, training-step time, and WER.
+
+Systems compared, all built from the same (randomly initialised) model:
+
+- ``float32``: the float model (its q4asr safetensors file);
+- ``dynamic_int8``: PyTorch post-training dynamic int8
+  (``torch.ao.quantization.quantize_dynamic`` on every ``nn.Linear``), saved with
+  ``torch.save(state_dict)``;
+- ``q4asr_int8`` / ``q4asr_int4`` / ``q4asr_mixed48``: q4asr integer models from the
+  recipe's W8A8 / W4A8 / mixed 4/8 plans (``prepare`` + ``convert``);
+- training peers: float32, q4asr native QAT (W8A8, W4A8) and torchao's fake-quant QAT
+  (``Int8DynActInt4WeightQATQuantizer``).
+
+Every time is a median over repeats, timed round-robin (one call of each system per
+round) in this one process, so that load from other processes falls on all systems
+alike; every figure is also given as a ratio to float32. Peak memory is measured in
+a fresh subprocess per system that loads the model from its file and decodes the
+batch once. WER comes from the demo recipe's ``exp/results.json`` when it exists.
+
+  python tools/bench.py --small                      # < 60 s, for regular checks
+  python tools/bench.py --json exp/bench.json --markdown BENCHMARKS.md   # full table
+
+Prints one JSON object (and writes it with ``--json FILE``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+TOOLS = Path(__file__).resolve().parent
+REPO = TOOLS.parent
+if str(TOOLS) not in sys.path:
+    sys.path.insert(0, str(TOOLS))
+
+from bench_quant import median_times  # noqa: E402  (tools/bench_quant.py)
+
+from q4asr.decode.search import greedy_search  # noqa: E402
+from q4asr.model import ModelConfig, Transducer, build_model  # noqa: E402
+from q4asr.quant import (  # noqa: E402
+    convert,
+    load_plan,
+    load_quantized,
+    prepare,
+    save_quantized,
+)
+from q4asr.utils import atomic_write, get_env_info  # noqa: E402
+
+RECIPE = REPO / "egs" / "synth" / "ASR"
+PLANS = {
+    "q4asr_int8": "w8a8.yaml",
+    "q4asr_int4": "w4a8.yaml",
+    "q4asr_mixed48": "mixed48.yaml",
+}
+SIZE_SYSTEMS = ("float32", "dynamic_int8", "q4asr_int8", "q4asr_int4", "q4asr_mixed48")
+INFER_SYSTEMS = SIZE_SYSTEMS
+TRAIN_SYSTEMS = ("float32", "q4asr_qat_w8a8", "q4asr_qat_w4a8", "torchao_qat_8da4w")
+TRAIN_PLANS = {"q4asr_qat_w8a8": "w8a8.yaml", "q4asr_qat_w4a8": "w4a8.yaml"}
+# recipe system (egs/synth/ASR/conf/systems.yaml) -> benchmark system
+RECIPE_SYSTEMS = {
+    "float32": "float32",
+    "qat_w8a8": "q4asr_int8",
+    "qat_w4a8": "q4asr_int4",
+    "qat_mixed48": "q4asr_mixed48",
+}
+SMALL_MODEL = dict(
+    num_mel_bins=80,
+    subsampling_channels=16,
+    d_model=64,
+    num_layers=2,
+    num_heads=4,
+    ffn_dim=256,
+    conv_kernel=15,
+    dropout=0.1,
+    vocab_size=64,
+    decoder_dim=64,
+    joiner_dim=64,
+    context_size=2,
+    ctc_weight=0.5,
+)
+FRAMES_PER_SECOND = 100  # 10 ms fbank frames
+TOKENS_PER_SECOND = 4.0  # roughly BPE-256 pieces per second of read speech
+TORCHAO_MAX_GROUP = 256
+
+log = logging.getLogger("q4asr.bench")
+
+
+# ----------------------------------------------------------------- setup
+
+
+def model_config(small: bool, train_yaml: Path) -> dict[str, Any]:
+    """The benchmarked model's config: the demo's ``model:`` section (vocab 256), or
+    the small model of ``--small``."""
+    if small:
+        return ModelConfig.from_dict(dict(SMALL_MODEL)).to_dict()
+    import yaml
+
+    if not train_yaml.is_file():
+        raise SystemExit(f"error: {train_yaml}: no such training config")
+    doc = yaml.safe_load(train_yaml.read_text()) or {}
+    if not isinstance(doc.get("model"), dict):
+        raise SystemExit(f"error: {train_yaml}: no 'model:' mapping")
+    d = dict(doc["model"])
+    d.setdefault("vocab_size", 256)
+    try:
+        return ModelConfig.from_dict(d).to_dict()
+    except ValueError as e:
+        raise SystemExit(f"error: {train_yaml}: model: {e}") from None
+
+
+def make_batch(
+    cfg: dict[str, Any], batch: int, seconds: float, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+    """A fixed batch: feats (N, T, num_mel_bins) float, feat_lens (N,) int64, and N
+    random target token sequences (ids in [1, vocab_size)), all from ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    frames = int(round(seconds * FRAMES_PER_SECOND))
+    feats = torch.randn(batch, frames, cfg["num_mel_bins"], generator=g)
+    lens = torch.full((batch,), frames, dtype=torch.int64)
+    n_tok = max(1, int(seconds * TOKENS_PER_SECOND))
+    targets = torch.randint(1, cfg["vocab_size"], (batch, n_tok), generator=g)
+    assert feats.shape == (batch, frames, cfg["num_mel_bins"]), feats.shape
+    return feats, lens, targets.tolist()
+
+
+def float_model(cfg: dict[str, Any], seed: int = 0) -> Transducer:
+    torch.manual_seed(seed)
+    return build_model(ModelConfig.from_dict(cfg))
+
+
+def dynamic_int8(model: nn.Module) -> nn.Module:
+    """PyTorch's post-training dynamic int8 of every nn.Linear (a copy)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization deprecation notice
+        return torch.ao.quantization.quantize_dynamic(
+            copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8
+        )
+
+
+def q4asr_int(model: nn.Module, plan_path: Path) -> nn.Module:
+    """q4asr integer model (prepare + convert of a copy) for ``plan_path``."""
+    return convert(prepare(copy.deepcopy(model), load_plan(plan_path)))
+
+
+def torchao_groupsize(model: nn.Module) -> int:
+    """The largest weight group size <= 256 dividing every Linear's in_features:
+    torchao's 8da4w quantizer silently leaves a Linear float when its in_features is
+    not a multiple of the group size, which would make the comparison unfair."""
+    g = 0
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            g = math.gcd(g, m.in_features)
+    if g == 0:
+        raise ValueError("model has no nn.Linear for torchao to quantize")
+    return max(d for d in range(1, min(g, TORCHAO_MAX_GROUP) + 1) if g % d == 0)
+
+
+def torchao_qat(model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+    """torchao's Int8DynActInt4WeightQATQuantizer fake-quant QAT model (a copy), and
+    what it quantized."""
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import torchao
+            from torchao.quantization.qat import Int8DynActInt4WeightQATQuantizer
+    finally:
+        logging.disable(logging.NOTSET)
+    gs = torchao_groupsize(model)
+    m = Int8DynActInt4WeightQATQuantizer(groupsize=gs).prepare(copy.deepcopy(model))
+    n_lin = sum(isinstance(x, nn.Linear) for x in model.modules())
+    n_q = sum(type(x).__name__ == "Int8DynActInt4WeightQATLinear" for x in m.modules())
+    if n_q != n_lin:
+        raise RuntimeError(f"torchao quantized {n_q} of {n_lin} Linear layers")
+    info = {
+        "torchao": torchao.__version__,
+        "groupsize": gs,
+        "linear_layers_fake_quantized": n_q,
+    }
+    return m, info
+
+
+# ----------------------------------------------------------------- files
+
+
+def save_system(name: str, model: nn.Module, path: Path, cfg: dict) -> Path:
+    """Write ``model`` to ``path`` the way its system ships models."""
+    if name == "dynamic_int8":
+        torch.save(model.state_dict(), path)
+        return path
+    return save_quantized(path, model, {"model_config": json.dumps(cfg)})
+
+
+def load_system(name: str, path: Path, cfg: dict) -> nn.Module:
+    """Load a file written by :func:`save_system`, as a server would (eval mode)."""
+    if name == "dynamic_int8":
+        model = dynamic_int8(float_model(cfg))
+        model.load_state_dict(torch.load(path, weights_only=False))
+        return model.eval()
+
+    def build(meta: dict[str, str]) -> nn.Module:
+        return build_model(ModelConfig.from_dict(json.loads(meta["model_config"])))
+
+    model, _, _ = load_quantized(path, build)
+    return model.eval()
+
+
+# ----------------------------------------------------------------- measurements
+
+
+def _proc_status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def reset_peak_rss() -> int:
+    """Reset this process's peak RSS (VmHWM) to its current RSS (Linux
+    ``/proc/self/clear_refs`` = 5); returns the current RSS in bytes."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _proc_status_kib("VmRSS") * 1024
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size since the last :func:`reset_peak_rss` (VmHWM)."""
+    return _proc_status_kib("VmHWM") * 1024
+
+
+@torch.no_grad()
+def decode(model: Transducer, feats: torch.Tensor, lens: torch.Tensor) -> int:
+    """Encoder + greedy search, as q4asr-decode times it. Returns tokens emitted."""
+    enc, enc_lens = model.encode(feats, lens)
+    return sum(len(h) for h in greedy_search(model, enc, enc_lens))
+
+
+def child_memory(args: argparse.Namespace) -> None:
+    """Subprocess entry: load one system from its file, decode the batch once, print
+    the peak RSS figures as JSON."""
+    spec = json.loads(Path(args.child_spec).read_text())
+    torch.set_num_threads(spec["threads"])
+    rss_imports = reset_peak_rss()
+    model = load_system(
+        args.child_system, Path(spec["files"][args.child_system]), spec["model_config"]
+    )
+    rss_loaded = peak_rss_bytes()
+    feats, lens, _ = make_batch(spec["model_config"], spec["batch"], spec["seconds"])
+    decode(model, feats, lens)
+    rss_peak = peak_rss_bytes()
+    # a second decode: its peak over the RSS before it is the working memory of
+    # decoding alone (kernels and libraries are loaded by then)
+    rss_before = reset_peak_rss()
+    decode(model, feats, lens)
+    work = peak_rss_bytes() - rss_before
+    print(
+        json.dumps(
+            {
+                "peak_rss_bytes": rss_peak,
+                "rss_after_imports_bytes": rss_imports,
+                "peak_after_load_bytes": rss_loaded,
+                "peak_over_imports_bytes": rss_peak - rss_imports,
+                "decode_working_bytes": work,
+                "max_rss_whole_process_bytes": resource.getrusage(
+                    resource.RUSAGE_SELF
+                ).ru_maxrss
+                * 1024,
+            }
+        )
+    )
+
+
+def measure_memory(spec_path: Path, systems: tuple[str, ...]) -> dict[str, dict]:
+    """Run :func:`child_memory` in a fresh interpreter per system."""
+    out = {}
+    for name in systems:
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child-system",
+            name,
+            "--child-spec",
+            str(spec_path),
+        ]
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        if p.returncode != 0:
+            tail = p.stderr.strip().splitlines()[-1:] or ["(no output)"]
+            raise RuntimeError(f"memory run for {name} failed: {tail[0]}")
+        out[name] = json.loads(p.stdout.strip().splitlines()[-1])
+    return out
+
+
+def train_step(model: nn.Module, feats, lens, targets) -> callable:
+    """One optimizer step as q4asr-train takes it: forward, (loss / N).backward(),
+    grad-norm clipping, AdamW step."""
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-3)
+    n = feats.shape[0]
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        out = model(feats, lens, targets, warmup=1.0)
+        (out["loss"] / n).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+
+    return step
+
+
+def ratios(times: dict[str, float], ref: str, invert: bool = True) -> dict:
+    """ref_time / time (a speed-up) for every system but ``ref``."""
+    return {
+        k: round(times[ref] / v if invert else v / times[ref], 3)
+        for k, v in times.items()
+        if k != ref
+    }
+
+
+def read_accuracy(path: Path) -> dict[str, Any]:
+    """WER per system from the recipe's results.json (written by q4asr-report)."""
+    if not path.is_file():
+        return {
+            "source": str(path),
+            "systems": None,
+            "note": "no results.json: the demo recipe has not been run to the "
+            "report stage; WERs are not available",
+        }
+    try:
+        res = json.loads(path.read_text())
+        rows = res["systems"]
+        systems = [
+            {
+                "name": r["name"],
+                "benchmark_system": RECIPE_SYSTEMS.get(r["name"]),
+                "method": r["method"],
+                "plan": r.get("plan"),
+                "size_bytes": r.get("size_bytes"),
+                "wer": dict(r.get("wer") or {}),
+            }
+            for r in rows
+        ]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise SystemExit(
+            f"error: {path}: not a q4asr-report results file ({e})"
+        ) from None
+    return {
+        "source": str(path),
+        "test_sets": res.get("test_sets"),
+        "decode_method": res.get("decode_method"),
+        "systems": systems,
+        "note": "trained models of the demo recipe (dynamic int8 and torchao "
+        "were not trained or decoded there)",
+    }
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    env = get_env_info()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": env["python"],
+        "q4asr_git_sha": env["q4asr_git_sha"],
+        "hostname": env["hostname"],
+    }
+
+
+def goals(r: dict) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured value and whether it is met."""
+    enc, dec = r["inference"]["encoder_speedup"], r["inference"]["decode_speedup"]
+    tr = r["training"]["step_seconds"]
+    size = r["size"]["ratio_to_float32"]
+    rows = []
+
+    def add(goal, value, ok):
+        rows.append({"goal": goal, "value": round(value, 3), "met": bool(ok)})
+
+    for s in ("q4asr_int8", "q4asr_int4"):
+        add(f"{s} encoder >= 3x faster than float32", enc[s], enc[s] >= 3)
+        add(f"{s} decode >= 2x faster than float32", dec[s], dec[s] >= 2)
+        add(
+            f"{s} encoder faster than dynamic_int8 (x)",
+            enc[s] / enc["dynamic_int8"],
+            enc[s] > enc["dynamic_int8"],
+        )
+        add(
+            f"{s} decode faster than dynamic_int8 (x)",
+            dec[s] / dec["dynamic_int8"],
+            dec[s] > dec["dynamic_int8"],
+        )
+    for s in ("q4asr_qat_w8a8", "q4asr_qat_w4a8"):
+        add(
+            f"{s} step no slower than float32 (float32 / it)",
+            tr["float32"] / tr[s],
+            tr[s] <= tr["float32"],
+        )
+        if "torchao_qat_8da4w" in tr:
+            add(
+                f"{s} step faster than torchao fake-quant (torchao / it)",
+                tr["torchao_qat_8da4w"] / tr[s],
+                tr[s] < tr["torchao_qat_8da4w"],
+            )
+    add(
+        "q4asr_int4 file >= 7.7x smaller than float32",
+        size["q4asr_int4"],
+        size["q4asr_int4"] >= 7.7,
+    )
+    add(
+        "q4asr_mixed48 file >= 5x smaller than float32",
+        size["q4asr_mixed48"],
+        size["q4asr_mixed48"] >= 5,
+    )
+    return rows
+
+
+# ----------------------------------------------------------------- main
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()
+    t_start = time.time()
+    cfg = model_config(args.small, args.train_config)
+    batch, seconds = args.batch, args.seconds
+    feats, lens, targets = make_batch(cfg, batch, seconds)
+    base = float_model(cfg).eval()
+    num_params = sum(p.numel() for p in base.parameters())
+    plans = {}
+    for name, f in {**PLANS, **TRAIN_PLANS}.items():
+        p = args.plans_dir / f
+        if not p.is_file():
+            raise SystemExit(f"error: {p}: no such precision plan (needed for {name})")
+        plans[name] = p
+    models: dict[str, nn.Module] = {"float32": base, "dynamic_int8": dynamic_int8(base)}
+    for name in PLANS:
+        models[name] = q4asr_int(base, plans[name])
+    result: dict[str, Any] = {
+        "mode": "small" if args.small else "full",
+        "command": "python tools/bench.py " + " ".join(args.argv),
+        "machine": machine(),
+        "load_average_start": [round(x, 2) for x in load_start],
+        "model_config": cfg,
+        "num_params": num_params,
+        "batch": {
+            "utterances": batch,
+            "seconds_each": seconds,
+            "feature_frames": int(feats.shape[1]),
+            "target_tokens_each": len(targets[0]),
+            "audio_seconds": batch * seconds,
+        },
+        "repeats": {"inference": args.repeats, "training": args.train_repeats},
+        "plans": {
+            k: str(v.relative_to(REPO) if v.is_relative_to(REPO) else v)
+            for k, v in plans.items()
+        },
+    }
+
+    with tempfile.TemporaryDirectory(prefix="q4asr-bench-") as tmp:
+        # ---- size
+        files = {}
+        for name in SIZE_SYSTEMS:
+            suffix = ".pt" if name == "dynamic_int8" else ".safetensors"
+            files[name] = save_system(
+                name, models[name], Path(tmp) / f"{name}{suffix}", cfg
+            )
+        size = {k: p.stat().st_size for k, p in files.items()}
+        result["size"] = {
+            "bytes": size,
+            "ratio_to_float32": {
+                k: round(size["float32"] / v, 3)
+                for k, v in size.items()
+                if k != "float32"
+            },
+            "what": "file bytes: q4asr safetensors (float32 and integer models); "
+            "dynamic_int8 = torch.save(state_dict) of quantize_dynamic "
+            "(Linear layers only: convolutions and embedding stay float32)",
+        }
+        log.info("size: %s", size)
+
+        # ---- inference speed (round-robin medians, one process)
+        def enc_fn(m):
+            def f():
+                with torch.no_grad():
+                    m.encode(feats, lens)
+
+            return f
+
+        with torch.no_grad():
+            enc_t = median_times(
+                {k: enc_fn(models[k]) for k in INFER_SYSTEMS}, args.repeats, warmup=1
+            )
+            dec_t = median_times(
+                {
+                    k: (lambda m=models[k]: decode(m, feats, lens))
+                    for k in INFER_SYSTEMS
+                },
+                args.repeats,
+                warmup=1,
+            )
+            emitted = {k: decode(models[k], feats, lens) for k in INFER_SYSTEMS}
+        audio = batch * seconds
+        result["inference"] = {
+            "encoder_seconds": {k: round(v, 5) for k, v in enc_t.items()},
+            "encoder_speedup": ratios(enc_t, "float32"),
+            "decode_seconds": {k: round(v, 5) for k, v in dec_t.items()},
+            "decode_rtf": {k: round(v / audio, 5) for k, v in dec_t.items()},
+            "decode_speedup": ratios(dec_t, "float32"),
+            "tokens_emitted": emitted,
+            "what": "encoder forward, and encoder + greedy search (max 1 symbol per "
+            "frame) from features, as q4asr-decode times its RTF; untrained "
+            "weights; medians over round-robin repeats; speedup = float32 "
+            "time / system time",
+        }
+        log.info("inference: encoder %s decode %s", enc_t, dec_t)
+
+        # ---- peak memory (fresh subprocess per system, model loaded from its file)
+        spec = Path(tmp) / "spec.json"
+        spec.write_text(
+            json.dumps(
+                {
+                    "threads": args.threads,
+                    "model_config": cfg,
+                    "batch": batch,
+                    "seconds": seconds,
+                    "files": {k: str(v) for k, v in files.items()},
+                }
+            )
+        )
+        mem = measure_memory(spec, INFER_SYSTEMS)
+        result["memory"] = {
+            "peak_rss_bytes": {k: v["peak_rss_bytes"] for k, v in mem.items()},
+            "peak_over_imports_bytes": {
+                k: v["peak_over_imports_bytes"] for k, v in mem.items()
+            },
+            "decode_working_bytes": {
+                k: v["decode_working_bytes"] for k, v in mem.items()
+            },
+            "ratio_to_float32": {
+                k: round(
+                    v["peak_over_imports_bytes"]
+                    / mem["float32"]["peak_over_imports_bytes"],
+                    3,
+                )
+                for k, v in mem.items()
+                if k != "float32"
+            },
+            "detail": mem,
+            "what": "peak RSS (Linux VmHWM, reset after importing torch and "
+            "q4asr) of a fresh process that loads the model from its file "
+            "and decodes the batch once; peak_over_imports = that peak "
+            "minus the RSS after the imports (what the model, the kernels "
+            "it loads and decoding add; the ratio uses it); decode_working "
+            "= peak of a second decode over the RSS just before it",
+        }
+    del models
+
+    # ---- training step
+    fns = {"float32": train_step(float_model(cfg), feats, lens, targets)}
+    for name in TRAIN_PLANS:
+        fns[name] = train_step(
+            prepare(float_model(cfg), load_plan(plans[name])), feats, lens, targets
+        )
+    ao_model, ao_info = torchao_qat(float_model(cfg))
+    fns["torchao_qat_8da4w"] = train_step(ao_model, feats, lens, targets)
+    tr_t = median_times(fns, args.train_repeats, warmup=1)
+    result["training"] = {
+        "step_seconds": {k: round(v, 5) for k, v in tr_t.items()},
+        "speedup_vs_float32": ratios(tr_t, "float32"),
+        "speedup_vs_torchao": {
+            k: round(tr_t["torchao_qat_8da4w"] / v, 3)
+            for k, v in tr_t.items()
+            if k.startswith("q4asr")
+        },
+        "torchao": ao_info,
+        "what": "forward + backward + grad clip + AdamW step on the same batch; "
+        "q4asr native QAT quantizes every Linear, Conv1d, Conv2d and "
+        "Embedding per its plan; torchao 8da4w fake-quantizes the Linear "
+        "layers only (int8 per-token activations, int4 grouped weights)",
+    }
+    log.info("training: %s", tr_t)
+
+    result["accuracy"] = read_accuracy(args.results)
+    result["goals"] = goals(result)
+    result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["wall_seconds"] = round(time.time() - t_start, 1)
+    return result
+
+
+# ----------------------------------------------------------------- markdown
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def _mib(b: int) -> str:
+    return f"{b / 2**20:.2f}"
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    """BENCHMARKS.md from a result of :func:`run` (every number comes from ``r``)."""
+    m, b = r["machine"], r["batch"]
+    size, inf, mem, tr = r["size"], r["inference"], r["memory"], r["training"]
+    L = [
+        "# Benchmarks: q4asr against its peers",
+        "",
+        "<!-- generated by tools/bench.py --markdown; do not edit -->",
+        "",
+        f"Generated by `{r['command']}` ({r['mode']} mode, {r['wall_seconds']} s).",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
+        f"({m['torch_threads']} thread(s)), Python {m['python']}, "
+        f"q4asr {m['q4asr_git_sha'] or 'unknown'}. "
+        f"Load average (1/5/15 min) at start {r['load_average_start']}, at end "
+        f"{r['load_average_end']}: "
+        + (
+            "the machine was shared with other jobs, so timings are noisy "
+            "(medians of round-robin repeats, all systems alike)."
+            if max(r["load_average_start"][0], r["load_average_end"][0]) > 0.5
+            else "the machine was otherwise idle."
+        ),
+        "",
+        f"Model: Conformer transducer, {r['num_params']:,} parameters "
+        f"(d_model {r['model_config']['d_model']}, {r['model_config']['num_layers']} "
+        f"layers, ffn {r['model_config']['ffn_dim']}, vocab "
+        f"{r['model_config']['vocab_size']}), untrained weights. Batch: "
+        f"{b['utterances']} x {b['seconds_each']} s ({b['feature_frames']} fbank "
+        f"frames each). Medians of {r['repeats']['inference']} (inference) and "
+        f"{r['repeats']['training']} (training) round-robin repeats.",
+        "",
+        "## Size and inference",
+        "",
+    ]
+    rows = []
+    for k in size["bytes"]:
+        ref = k == "float32"
+        rows.append(
+            [
+                k,
+                f"{size['bytes'][k]:,}",
+                "1" if ref else f"{size['ratio_to_float32'][k]:.2f}",
+                f"{inf['encoder_seconds'][k]:.4f}",
+                "1" if ref else f"{inf['encoder_speedup'][k]:.2f}",
+                f"{inf['decode_rtf'][k]:.4f}",
+                "1" if ref else f"{inf['decode_speedup'][k]:.2f}",
+                _mib(mem["peak_rss_bytes"][k]),
+                _mib(mem["peak_over_imports_bytes"][k]),
+                _mib(mem["decode_working_bytes"][k]),
+            ]
+        )
+    L += _table(
+        [
+            "system",
+            "file bytes",
+            "x smaller",
+            "encoder s",
+            "x faster",
+            "decode RTF",
+            "x faster",
+            "peak RSS MiB",
+            "over imports MiB",
+            "decode working MiB",
+        ],
+        rows,
+    )
+    L += [
+        "",
+        f"- Size: {size['what']}.",
+        f"- Speed: {inf['what']}.",
+        f"- Memory: {mem['what']}.",
+        "",
+        "## Training step",
+        "",
+    ]
+    rows = [
+        [
+            k,
+            f"{v:.4f}",
+            "1" if k == "float32" else f"{tr['speedup_vs_float32'][k]:.2f}",
+            f"{tr['speedup_vs_torchao'][k]:.2f}"
+            if k in tr["speedup_vs_torchao"]
+            else ("1" if k == "torchao_qat_8da4w" else "-"),
+        ]
+        for k, v in tr["step_seconds"].items()
+    ]
+    L += _table(
+        ["system", "step s", "x faster than float32", "x faster than torchao"], rows
+    )
+    ao = tr["torchao"]
+    L += [
+        "",
+        f"- {tr['what']}.",
+        f"- torchao {ao['torchao']} `Int8DynActInt4WeightQATQuantizer(groupsize="
+        f"{ao['groupsize']})`: the largest group size <= {TORCHAO_MAX_GROUP} dividing "
+        f"every Linear's input width (torchao leaves a Linear float when it does "
+        f"not); {ao['linear_layers_fake_quantized']} Linear layers fake-quantized.",
+        "",
+        "## Accuracy (demo recipe)",
+        "",
+    ]
+    acc = r["accuracy"]
+    if not acc["systems"]:
+        L += [f"Not available: {acc['note']} (`{acc['source']}`).", ""]
+    else:
+        parts = acc.get("test_sets") or sorted(
+            {p for s in acc["systems"] for p in s["wer"]}
+        )
+        rows = [
+            [
+                s["name"],
+                s["method"],
+                "-" if s["size_bytes"] is None else f"{s['size_bytes']:,}",
+            ]
+            + ["-" if s["wer"].get(p) is None else f"{s['wer'][p]:.2f}" for p in parts]
+            for s in acc["systems"]
+        ]
+        L += _table(
+            ["system", "method", "file bytes"] + [f"WER % {p}" for p in parts], rows
+        )
+        L += [
+            "",
+            f"From `{acc['source']}` ({acc.get('decode_method')}); {acc['note']}.",
+            "",
+        ]
+    L += ["## Goals", ""]
+    L += _table(
+        ["goal", "measured", "met"],
+        [
+            [g["goal"], f"{g['value']:.2f}", "yes" if g["met"] else "**no**"]
+            for g in r["goals"]
+        ],
+    )
+    missed = [g["goal"] for g in r["goals"] if not g["met"]]
+    L += [
+        "",
+        (
+            "Every goal is met on this run."
+            if not missed
+            else f"Not met on this run: {len(missed)} of {len(r['goals'])} goals "
+            "(marked **no** above)."
+        ),
+        "",
+    ]
+    return "\n".join(L)
+
+
+def get_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--small",
+        action="store_true",
+        help="small model and batch (same code path), < 60 s",
+    )
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="utterances per batch (default 8; 2 with --small)",
+    )
+    ap.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="seconds per utterance (default 10; 2 with --small)",
+    )
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="inference repeats (default 7; 3 with --small)",
+    )
+    ap.add_argument(
+        "--train-repeats",
+        type=int,
+        default=None,
+        help="training-step repeats (default 5; 3 with --small)",
+    )
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument(
+        "--train-config",
+        type=Path,
+        default=RECIPE / "conf/train.yaml",
+        help="YAML whose model: section is the full-mode model",
+    )
+    ap.add_argument("--plans-dir", type=Path, default=RECIPE / "conf/plans")
+    ap.add_argument(
+        "--results",
+        type=Path,
+        default=RECIPE / "exp/results.json",
+        help="the demo recipe's q4asr-report output (WER per system)",
+    )
+    ap.add_argument("--json", type=Path, default=None, help="write the JSON here")
+    ap.add_argument(
+        "--markdown",
+        type=Path,
+        default=None,
+        help="write the generated BENCHMARKS.md here",
+    )
+    ap.add_argument("--child-system", help=argparse.SUPPRESS)
+    ap.add_argument("--child-spec", help=argparse.SUPPRESS)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = get_parser().parse_args(argv)
+    if args.child_system:
+        child_memory(args)
+        return None
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    small = args.small
+    for name, full, sm in (
+        ("batch", 8, 2),
+        ("seconds", 10.0, 2.0),
+        ("repeats", 7, 3),
+        ("train_repeats", 5, 3),
+    ):
+        if getattr(args, name) is None:
+            setattr(args, name, sm if small else full)
+        if getattr(args, name) <= 0:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be positive")
+    args.argv = argv
+    result = run(args)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.json:
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text + "\n"))
+    if args.markdown:
+        md = render_markdown(result)
+        atomic_write(args.markdown, lambda tmp: Path(tmp).write_text(md))
+    return result
+
+
+if __name__ == "__main__":
+    main()
