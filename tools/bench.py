@@ -324,6 +324,46 @@ def train_step(model: nn.Module, feats, lens, targets) -> callable:
     return step
 
 
+@torch.no_grad()
+def encoder_breakdown(
+    model: Transducer, feats: torch.Tensor, lens: torch.Tensor, repeats: int
+) -> dict[str, float]:
+    """Milliseconds per encoder forward spent in each kind of leaf module (q4asr's
+    ``Int`` prefix dropped, so that ``IntLinear`` lines up with ``Linear``), mean of
+    ``repeats`` forwards after one warm-up, timed with forward hooks."""
+    acc: dict[str, float] = {}
+    start: dict[int, float] = {}
+
+    def pre(mod, _inp):
+        start[id(mod)] = time.perf_counter()
+
+    def post(mod, _inp, _out):
+        name = type(mod).__name__
+        name = name[3:] if name.startswith("Int") else name
+        acc[name] = acc.get(name, 0.0) + time.perf_counter() - start[id(mod)]
+
+    hooks = []
+    for sub in model.encoder.modules():
+        # leaves; torch's dynamic quantized Linear holds a _packed_params child
+        if all(type(c).__name__.endswith("PackedParams") for c in sub.children()):
+            hooks += [
+                sub.register_forward_pre_hook(pre),
+                sub.register_forward_hook(post),
+            ]
+    try:
+        model.encode(feats, lens)
+        acc.clear()
+        for _ in range(repeats):
+            model.encode(feats, lens)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {
+        k: round(v / repeats * 1000, 3)
+        for k, v in sorted(acc.items(), key=lambda kv: -kv[1])
+    }
+
+
 def ratios(times: dict[str, float], ref: str, invert: bool = True) -> dict:
     """ref_time / time (a speed-up) for every system but ``ref``."""
     return {
@@ -524,6 +564,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 warmup=1,
             )
             emitted = {k: decode(models[k], feats, lens) for k in INFER_SYSTEMS}
+            breakdown = {
+                k: encoder_breakdown(models[k], feats, lens, args.repeats)
+                for k in INFER_SYSTEMS
+            }
         audio = batch * seconds
         result["inference"] = {
             "encoder_seconds": {k: round(v, 5) for k, v in enc_t.items()},
@@ -532,6 +576,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "decode_rtf": {k: round(v / audio, 5) for k, v in dec_t.items()},
             "decode_speedup": ratios(dec_t, "float32"),
             "tokens_emitted": emitted,
+            "encoder_breakdown_ms": breakdown,
             "what": "encoder forward, and encoder + greedy search (max 1 symbol per "
             "frame) from features, as q4asr-decode times its RTF; untrained "
             "weights; medians over round-robin repeats; speedup = float32 "
@@ -696,6 +741,21 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"- Size: {size['what']}.",
         f"- Speed: {inf['what']}.",
         f"- Memory: {mem['what']}.",
+        "",
+        "Encoder time by kind of layer (ms per forward, forward hooks, mean of "
+        f"{r['repeats']['inference']}; q4asr's integer modules under the float "
+        "module's name):",
+        "",
+    ]
+    bd = inf["encoder_breakdown_ms"]
+    kinds = sorted(
+        {k for v in bd.values() for k in v}, key=lambda k: -bd["float32"].get(k, 0.0)
+    )
+    L += _table(
+        ["layer"] + list(bd),
+        [[k] + [f"{bd[s].get(k, 0.0):.2f}" for s in bd] for k in kinds],
+    )
+    L += [
         "",
         "## Training step",
         "",

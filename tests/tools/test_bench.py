@@ -94,6 +94,10 @@ def test_small_json_has_every_field(small_run):
             inf["decode_seconds"][k] / r["batch"]["audio_seconds"], rel=1e-3, abs=1e-5
         )
     assert set(inf["tokens_emitted"]) == set(systems)
+    bd = inf["encoder_breakdown_ms"]
+    assert set(bd) == set(systems)
+    for k in systems:  # every system has linear layers and a conv front-end
+        assert bd[k]["Linear"] > 0 and bd[k]["Conv2d"] > 0, (k, bd[k])
 
     mem = r["memory"]
     for key in ("peak_rss_bytes", "peak_over_imports_bytes"):
