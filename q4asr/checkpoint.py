@@ -150,6 +150,7 @@ def average_checkpoints(paths: Sequence[str | Path]) -> dict[str, Any]:
     return {
         "model": average_states([c["model"] for c in ckpts]),
         "config": last.get("config"),
+        "model_config": last.get("model_config"),
         "plan": last.get("plan"),
         "step": last.get("step"),
         "env": last.get("env"),

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import yaml
 
 from q4asr.checkpoint import load_checkpoint
 from q4asr.data.features import feature_config
@@ -59,8 +58,8 @@ def _plan_from_checkpoint(ckpt: dict, path: Path) -> PrecisionPlan | None:
     if not plan:
         return None
     try:
-        return PrecisionPlan.from_dict(yaml.safe_load(plan["yaml"]))
-    except (KeyError, TypeError, yaml.YAMLError) as e:
+        return PrecisionPlan.from_dict(plan)
+    except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path}: unreadable precision plan in checkpoint: {e}") from None
 
 
