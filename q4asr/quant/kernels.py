@@ -61,9 +61,11 @@ def rescale(acc: torch.Tensor, sx: torch.Tensor, sw: torch.Tensor) -> torch.Tens
     """``acc * (sx * sw)`` in float32: the single rescale of an integer product.
 
     acc: (M, N) int32 or integer-valued float; sx: broadcastable to (M, N)
-    (e.g. (M, 1) per row or (1, 1)); sw: (1, N) or (1, 1).
+    (e.g. (M, 1) per row or (1, 1)); sw: (1, N) or (1, 1). ``sx * sw`` is formed
+    first (an outer product of the scales), then one multiply converts and scales
+    ``acc`` (int32 * float32 promotes to float32 in the same kernel).
     """
-    return acc.to(torch.float32).mul_(sx * sw)
+    return torch.mul(acc, sx * sw)
 
 
 def int_linear(
@@ -90,6 +92,61 @@ def int_linear(
     if bias is not None:
         y.add_(bias)
     return y
+
+
+def int_conv2d(
+    qx: torch.Tensor,
+    sx: torch.Tensor,
+    qw: torch.Tensor,
+    sw: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> torch.Tensor:
+    """Native integer conv2d (groups=1): int8 patches x int8 weights, int32 sums.
+
+    The input is quantized *before* unfolding, so the patches are gathered from an
+    int8 image (a quarter of the bytes of float32) and no quantization runs on the
+    ``kh * kw`` times larger unfolded tensor. The image is made channels-last, so
+    that every patch row ``(kh, kw, C)`` is a strided view; the weight is reordered
+    to match. The result is left channels-last in memory (a permuted view).
+
+    Args:
+      qx: (N, C, H, W) int8, any memory layout.
+      sx: (N, 1, 1, 1) (per sample) or (1, 1, 1, 1) float32.
+      qw: (n_out, C, kh, kw) int8; sw: (n_out, 1) or (1, 1) float32.
+      bias: (n_out,) float32 or None.
+    Returns:
+      (N, n_out, Ho, Wo) float32.
+    """
+    assert qx.dtype == torch.int8 and qw.dtype == torch.int8, (qx.dtype, qw.dtype)
+    assert qx.ndim == 4 and qw.ndim == 4 and qx.shape[1] == qw.shape[1], (
+        qx.shape,
+        qw.shape,
+    )
+    N, C, H, W = qx.shape
+    n_out, _, kh, kw = qw.shape
+    assert sx.shape in ((N, 1, 1, 1), (1, 1, 1, 1)), sx.shape
+    img = qx.permute(0, 2, 3, 1)  # (N, H, W, C)
+    if padding[0] or padding[1]:
+        img = F.pad(img, (0, 0, padding[1], padding[1], padding[0], padding[0]))
+    img = img.contiguous()
+    Hp, Wp = img.shape[1], img.shape[2]
+    Ho = (Hp - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    Wo = (Wp - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    assert Ho > 0 and Wo > 0, (qx.shape, qw.shape, stride, padding, dilation)
+    s0, s1, s2, s3 = img.stride()
+    cols = img.as_strided(
+        (N, Ho, Wo, kh, kw, C),
+        (s0, stride[0] * s1, stride[1] * s2, dilation[0] * s1, dilation[1] * s2, s3),
+    ).reshape(N * Ho * Wo, kh * kw * C)
+    w2 = qw.permute(0, 2, 3, 1).reshape(n_out, kh * kw * C)
+    acc = int_mm(cols, w2.t()).view(N, Ho * Wo, n_out)
+    y = rescale(acc, sx.reshape(-1, 1, 1), sw.reshape(1, 1, -1))
+    if bias is not None:
+        y.add_(bias)
+    return y.view(N, Ho, Wo, n_out).permute(0, 3, 1, 2)
 
 
 def grouped_conv_bound(k_per_out: int, qmax_x: int, qmax_w: int) -> int:

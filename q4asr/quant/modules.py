@@ -27,12 +27,13 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.grad import conv1d_input, conv1d_weight
+from torch.nn.grad import conv1d_input, conv1d_weight, conv2d_input, conv2d_weight
 
 from q4asr.quant.config import Precision
 from q4asr.quant.kernels import (
     FLOAT32_EXACT_LIMIT,
     grouped_conv_bound,
+    int_conv2d,
     int_grouped_conv1d,
     int_linear,
     pack_int4,
@@ -141,6 +142,44 @@ class _IntGroupedConv1dSTE(torch.autograd.Function):
         return gx, gw, gb, None, None, None, None, None, None
 
 
+class _IntConv2dSTE(torch.autograd.Function):
+    """Native integer conv2d forward (:func:`int_conv2d`), straight-through backward
+    as for ``conv2d(dq(q(x)), dq(q(w)))``, masked where x was clipped. Saves the int8
+    input (not a float copy) for the weight gradient."""
+
+    @staticmethod
+    def forward(ctx, x, w, bias, a_bits, w_bits, a_keep, w_keep, a_scale, conv_args):
+        stride, padding, dilation = conv_args
+        static = a_scale is not None
+        qx, sx, *mx = quantize(x, a_bits, a_keep, a_scale, return_mask=static)
+        mx = mx[0] if static else None
+        n_out = w.shape[0]
+        qw2, sw = quantize(w.reshape(n_out, -1), w_bits, w_keep)
+        qw = qw2.reshape(w.shape)
+        y = int_conv2d(qx, sx, qw, sw, bias, stride, padding, dilation)
+        ctx.save_for_backward(qx, sx, mx, qw, sw)
+        ctx.conv_args = conv_args
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        qx, sx, mx, qw, sw = ctx.saved_tensors
+        stride, padding, dilation = ctx.conv_args
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            w_dq = dequantize(qw, sw.reshape(-1, 1, 1, 1))
+            gx = conv2d_input(qx.shape, w_dq, g, stride, padding, dilation)
+            if mx is not None:
+                gx = gx * mx
+        if ctx.needs_input_grad[1]:
+            x_dq = dequantize(qx, sx)
+            gw = conv2d_weight(x_dq, qw.shape, g, stride, padding, dilation)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = g.sum((0, 2, 3))
+        return gx, gw, gb, None, None, None, None, None, None
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -158,16 +197,6 @@ def _unfold1d(x: torch.Tensor, k: int, stride: int, padding: int, dilation: int)
     )  # (N, C*k, L)
     L = cols.shape[-1]
     return cols.transpose(1, 2).reshape(N * L, C * k), L
-
-
-def _unfold2d(x, kernel, stride, padding, dilation):
-    """x: (N, C, H, W) -> patches (N * Ho * Wo, C * kh * kw), (Ho, Wo)."""
-    N, C, H, W = x.shape
-    cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
-    Ho = (H + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
-    Wo = (W + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
-    assert cols.shape[-1] == Ho * Wo, (cols.shape, Ho, Wo)
-    return cols.transpose(1, 2).reshape(N * Ho * Wo, -1), (Ho, Wo)
 
 
 class _QuantMixin:
@@ -407,8 +436,10 @@ class QATConv1d(_QuantMixin, nn.Conv1d):
 
 
 class QATConv2d(_QuantMixin, nn.Conv2d):
-    """nn.Conv2d (groups=1) with native integer QAT via unfold + integer matmul.
-    x: (N, C_in, H, W) -> (N, C_out, H', W') float32."""
+    """nn.Conv2d (groups=1) with native integer QAT: the input is quantized with one
+    scale per sample (``act_granularity: token``) or per tensor, then unfolded in
+    int8 and multiplied by ``torch._int_mm`` (:func:`~q4asr.quant.kernels.int_conv2d`).
+    x: (N, C_in, H, W) -> (N, C_out, H', W') float32 (channels-last memory)."""
 
     @classmethod
     def from_float(
@@ -457,28 +488,23 @@ class QATConv2d(_QuantMixin, nn.Conv2d):
             return super().forward(x)
         _check_float32(self.qname, x)
         p, n_out = self.precision, self.out_channels
-        if self.act_bits is None:
-            w = fake_quant(self.weight.reshape(n_out, -1), self.weight_bits, _w_keep(p))
-            return F.conv2d(
+        ab, wb = self.act_bits, self.weight_bits
+        conv_args = (self.stride, self.padding, self.dilation)
+        if ab is not None and wb is not None:
+            return _IntConv2dSTE.apply(
                 x,
-                w.reshape(self.weight.shape),
+                self.weight,
                 self.bias,
-                self.stride,
-                self.padding,
-                self.dilation,
+                ab,
+                wb,
+                _a_keep(p),
+                _w_keep(p),
+                self._act_scale(4),
+                conv_args,
             )
-        cols, (Ho, Wo) = _unfold2d(
-            x, self.kernel_size, self.stride, self.padding, self.dilation
-        )
-        y = _linear_q(
-            cols,
-            self.weight.reshape(n_out, -1),
-            self.bias,
-            p,
-            self.act_bits,
-            self._act_scale(2),
-        )
-        return y.reshape(x.shape[0], Ho, Wo, n_out).permute(0, 3, 1, 2)
+        x = fake_quant(x, ab, _a_keep(p), self._act_scale(4))
+        w = fake_quant(self.weight.reshape(n_out, -1), wb, _w_keep(p))
+        return F.conv2d(x, w.reshape(self.weight.shape), self.bias, *conv_args)
 
 
 # --------------------------------------------------------------------------- embedding
@@ -561,10 +587,22 @@ class _IntBase(_QuantMixin, nn.Module):
         return self.weight_bits is not None and self.weight_bits <= 4
 
     def int_weight(self) -> torch.Tensor | None:
-        """(n_out, K) int8 weight values, unpacked when stored two per byte."""
+        """(n_out, K) int8 weight values, unpacked when stored two per byte.
+
+        The unpacked int4 weight is cached (an int8 tensor, not part of the state
+        dict), keyed by the identity, device and version counter of ``qweight``, so a
+        load, ``.to()`` or in-place change of ``qweight`` invalidates it."""
         if self.qweight is None:
             return None
-        return unpack_int4(self.qweight, self.k) if self.packed else self.qweight
+        if not self.packed:
+            return self.qweight
+        qw = self.qweight
+        key = (qw.data_ptr(), qw.device, qw._version, tuple(qw.shape))
+        cache = self.__dict__.get("_int_weight_cache")
+        if cache is None or cache[0] != key:
+            cache = (key, unpack_int4(qw, self.k))
+            self.__dict__["_int_weight_cache"] = cache
+        return cache[1]
 
     def num_params(self) -> int:
         """Logical parameter count (weight elements + bias)."""
@@ -677,28 +715,30 @@ class IntConv2d(_IntBase):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kernel, stride, padding, dilation = self.conv_args
-        n_out = self.weight_shape[0]
+        _, stride, padding, dilation = self.conv_args
         assert x.ndim == 4 and x.shape[1] == self.weight_shape[1], (self.qname, x.shape)
         _check_float32(self.qname, x)
+        p, ab = self.precision, self.act_bits
         qw = self.int_weight()
-        if self.act_bits is None:
-            w = dequantize(qw, self.w_scale) if qw is not None else self.weight
-            return F.conv2d(
-                x, w.reshape(self.weight_shape), self.bias, stride, padding, dilation
+        if ab is not None and qw is not None:
+            qx, sx = quantize(x, ab, _a_keep(p), self._act_scale(4))
+            return int_conv2d(
+                qx,
+                sx,
+                qw.reshape(self.weight_shape),
+                self.w_scale,
+                self.bias,
+                stride,
+                padding,
+                dilation,
             )
-        cols, (Ho, Wo) = _unfold2d(x, kernel, stride, padding, dilation)
-        y = _linear_int(
-            cols,
-            qw,
-            self.w_scale,
-            self.weight,
-            self.bias,
-            self.precision,
-            self.act_bits,
-            self._act_scale(2),
+        if ab is not None:
+            qx, sx = quantize(x, ab, _a_keep(p), self._act_scale(4))
+            x = dequantize(qx, sx)
+        w = dequantize(qw, self.w_scale) if qw is not None else self.weight
+        return F.conv2d(
+            x, w.reshape(self.weight_shape), self.bias, stride, padding, dilation
         )
-        return y.reshape(x.shape[0], Ho, Wo, n_out).permute(0, 3, 1, 2)
 
 
 class IntEmbedding(_IntBase):

@@ -76,7 +76,8 @@ def quantize(
     qmax = qmax_for(bits)
     if scale is None:
         scale = compute_scale(x, bits, keep_dims)
-    r = torch.round(x.detach() / scale)
+    r = x.detach() / scale  # a new tensor: round and clamp in place
+    r.round_()
     mask = r.abs() <= qmax if return_mask else None
     q = r.clamp_(-qmax, qmax).to(torch.int8)
     return (q, scale, mask) if return_mask else (q, scale)

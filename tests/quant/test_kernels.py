@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from q4asr.quant.kernels import (
+    int_conv2d,
     int_grouped_conv1d,
     int_linear,
     int_mm,
@@ -85,3 +86,33 @@ def test_int4_pack_extremes_and_range_check():
     assert unpack_int4(pack_int4(q), 6).tolist() == q.tolist()
     with pytest.raises(AssertionError, match="out of range"):
         pack_int4(torch.tensor([[8]], dtype=torch.int8))
+
+
+@pytest.mark.parametrize(
+    "cin,cout,k,stride,pad,dil,channels_last",
+    [
+        (1, 8, (3, 3), (2, 2), (0, 0), (1, 1), False),  # the x4 front-end's conv1
+        (16, 8, (3, 3), (2, 2), (0, 0), (1, 1), True),  # conv2, channels-last input
+        (5, 6, (3, 2), (1, 2), (1, 2), (2, 1), False),
+    ],
+)
+def test_int_conv2d_is_exact(cin, cout, k, stride, pad, dil, channels_last):
+    """Integer sums equal a float64 conv of the integer values; one rescale."""
+    g = torch.Generator().manual_seed(cin)
+    N, H, W = 3, 17, 13
+    qx = torch.randint(-127, 128, (N, cin, H, W), dtype=torch.int8, generator=g)
+    if channels_last:
+        qx = qx.contiguous(memory_format=torch.channels_last)
+    qw = torch.randint(-127, 128, (cout, cin, *k), dtype=torch.int8, generator=g)
+    sx = torch.rand(N, 1, 1, 1, generator=g) + 0.1
+    sw = torch.rand(cout, 1, generator=g) + 0.1
+    b = torch.randn(cout, generator=g)
+    y = int_conv2d(qx, sx, qw, sw, b, stride, pad, dil)
+    acc = F.conv2d(qx.double(), qw.double(), None, stride, pad, dil)
+    assert acc.abs().max() < 2**24  # so that float32(acc) is exact below
+    ref = acc.float() * (sx * sw.reshape(1, -1, 1, 1)) + b.reshape(1, -1, 1, 1)
+    assert y.shape == ref.shape and y.dtype == torch.float32
+    torch.testing.assert_close(y, ref, rtol=1e-6, atol=1e-5)
+    # the same integer sums whatever the layout of the input
+    y2 = int_conv2d(qx.contiguous(), sx, qw, sw, b, stride, pad, dil)
+    assert torch.equal(y, y2)

@@ -6,7 +6,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from q4asr.quant import Precision, PrecisionPlan, prepare, set_quant_mode
-from q4asr.quant.modules import QATConv1d, QATEmbedding, QATLinear
+from q4asr.quant.modules import (
+    IntConv2d,
+    IntLinear,
+    QATConv1d,
+    QATConv2d,
+    QATEmbedding,
+    QATLinear,
+)
 from q4asr.quant.quantizer import fake_quant
 
 
@@ -116,3 +123,64 @@ def test_embedding_quantizes_weights_per_row():
     ref = fake_quant(emb.weight, 4, (0,))[ids]
     assert torch.equal(out, ref)
     assert len(torch.unique(out[0, 0])) <= 15  # at most 2*7+1 levels in a row
+
+
+@pytest.mark.parametrize("wb,ab", [(4, 8), (8, 8), (None, 8), (4, None)])
+@pytest.mark.parametrize("cin,pad", [(1, 0), (3, 1)])
+def test_conv2d_ste_matches_reference(wb, ab, cin, pad):
+    """Conv2d: activations scaled per sample (over C, H, W), weights per output
+    channel; values and gradients equal those of conv2d(qdq(x), qdq(w))."""
+    torch.manual_seed(3)
+    conv = nn.Conv2d(cin, 6, 3, stride=2, padding=pad)
+    x = torch.randn(2, cin, 15, 11, requires_grad=True)
+    q = QATConv2d.from_float(conv, Precision(wb, ab), "c2")
+    y = q(x)
+    g = torch.randn_like(y)
+    y.backward(g)
+    x2, w2, b2, y2 = _fq_reference_grads(
+        x,
+        conv.weight,
+        conv.bias,
+        ab,
+        wb,
+        lambda x, w, b: F.conv2d(
+            fake_quant(x, ab, (0,)), fake_quant(w, wb, (0,)), b, 2, pad
+        ),
+    )
+    y2.backward(g)
+    torch.testing.assert_close(y, y2, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(conv.weight.grad, w2.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(conv.bias.grad, b2.grad, rtol=1e-5, atol=1e-5)
+    # the served module computes exactly the QAT eval output
+    with torch.no_grad():
+        xi = torch.randn(3, cin, 19, 9)
+        assert torch.equal(IntConv2d.from_qat(q)(xi), q(xi))
+
+
+def test_conv2d_static_scale_clips_and_masks_gradient():
+    conv = nn.Conv2d(1, 2, 2)
+    q = QATConv2d.from_float(
+        conv, Precision(8, 8, act_granularity="tensor", act_static=True), "c2"
+    )
+    q.act_amax.fill_(1.0)
+    x = torch.tensor([[[[0.5, -2.0], [0.9, 3.0]]]], requires_grad=True)
+    q(x).sum().backward()
+    assert x.grad[0, 0, 0, 0] != 0 and x.grad[0, 0, 1, 0] != 0
+    assert x.grad[0, 0, 0, 1] == 0 and x.grad[0, 0, 1, 1] == 0
+
+
+def test_int4_weight_cache_follows_qweight():
+    """The unpacked int4 weight is cached, and a changed qweight is noticed."""
+    torch.manual_seed(4)
+    q = QATLinear.from_float(nn.Linear(9, 5), Precision(4, 8), "lin")
+    m = IntLinear.from_qat(q)
+    x = torch.randn(4, 9)
+    with torch.no_grad():
+        y = m(x)
+        assert m.int_weight() is m.int_weight()  # cached
+        m.qweight.zero_()  # in place: bumps the version counter
+        assert torch.count_nonzero(m.int_weight()) == 0
+        assert torch.count_nonzero(m(x) - m.bias) == 0
+        m.load_state_dict({**m.state_dict(), "qweight": IntLinear.from_qat(q).qweight})
+        assert torch.equal(m(x), y)
