@@ -63,9 +63,18 @@ def rescale(acc: torch.Tensor, sx: torch.Tensor, sw: torch.Tensor) -> torch.Tens
     acc: (M, N) int32 or integer-valued float; sx: broadcastable to (M, N)
     (e.g. (M, 1) per row or (1, 1)); sw: (1, N) or (1, 1). ``sx * sw`` is formed
     first (an outer product of the scales), then one multiply converts and scales
-    ``acc`` (int32 * float32 promotes to float32 in the same kernel).
+    ``acc`` in place. An int32 ``acc`` is converted to float32 in its own memory
+    (same element size, elementwise, so every element is read before its slot is
+    written): no new (M, N) buffer is allocated, which on CPU saves the page faults
+    of a fresh large tensor. ``acc`` must not be used afterwards.
     """
-    return torch.mul(acc, sx * sw)
+    if acc.dtype == torch.int32:
+        f = acc.view(torch.float32)
+        f.copy_(acc)
+        acc = f
+    else:
+        assert acc.dtype == torch.float32, acc.dtype
+    return acc.mul_(sx * sw)
 
 
 def int_linear(

@@ -41,11 +41,18 @@ def compute_scale(
       float32 scale with ``x.ndim`` dims (size 1 on the reduced dims).
     """
     if keep_dims is None:
-        amax = x.detach().abs().amax().reshape([1] * x.ndim)
+        xd = x.detach()
+        amax = torch.maximum(xd.amax(), xd.amin().neg_()).reshape([1] * x.ndim)
     else:
         keep = {d % x.ndim for d in keep_dims}
         red = tuple(d for d in range(x.ndim) if d not in keep)
-        amax = x.detach().abs().amax(dim=red, keepdim=True) if red else x.detach().abs()
+        xd = x.detach()
+        if red:  # max|x| without materialising |x|: two reductions, no new tensor
+            amax = torch.maximum(
+                xd.amax(dim=red, keepdim=True), xd.amin(dim=red, keepdim=True).neg_()
+            )
+        else:
+            amax = xd.abs()
     return amax.clamp_min(EPS) / qmax_for(bits)
 
 
