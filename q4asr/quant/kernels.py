@@ -2,7 +2,9 @@
 
 Which op runs on which path:
 
-* **Linear, pointwise Conv1d, Conv1d/Conv2d with groups=1 (via unfold)**: int8
+* **Conv2d with groups=1**: the image is quantized first, then unfolded in int8
+  (channels-last) and multiplied by ``torch._int_mm`` (:func:`int_conv2d`).
+* **Linear, pointwise Conv1d, Conv1d with groups=1 (via unfold)**: int8
   operands (int4 values also live in int8) multiplied by ``torch._int_mm`` with int32
   accumulation, then one rescale ``acc * (s_x * s_w)`` in float32 (:func:`int_linear`).
   Integer accumulation is exact for any size.

@@ -14,7 +14,8 @@ quantizer and kernels, so its output equals the QAT module's eval output exactly
 
 Activation scales: ``act_granularity: token`` is one scale per row of the matmul
 operand: per frame for Linear and pointwise Conv1d, per output position (unfolded
-patch) for Conv1d/Conv2d with groups=1. A grouped or depthwise Conv1d contracts over
+patch) for Conv1d with groups=1, per sample (over C, H, W) for Conv2d, whose input is
+quantized before unfolding so that overlapping patches share integer pixels. A grouped or depthwise Conv1d contracts over
 (channels of a group) x (kernel taps), so its finest valid scale is per sample and
 per group over time: for a depthwise conv that is per channel over the whole
 utterance. We use that rather than per-tensor because the channels feeding the
