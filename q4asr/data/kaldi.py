@@ -186,3 +186,48 @@ def load_audio(path: str | Path, target_sr: int = 16000) -> torch.Tensor:
     out = resample(mono, sr, target_sr)
     assert out.ndim == 1, out.shape
     return out.contiguous()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Import Kaldi data dirs as lhotse manifests:
+    ``python -m q4asr.data.kaldi --prefix NAME --out-dir data/manifests train=DIR dev=DIR``
+    writes ``<prefix>_{recordings,supervisions}_<part>.jsonl.gz`` per part. Problems
+    (missing audio, pipe entries) are listed and those utterances left out; a part with
+    no usable utterance is an error.
+    """
+    import argparse
+    import sys
+
+    from lhotse import validate_recordings_and_supervisions
+
+    from q4asr.utils import setup_logging
+
+    p = argparse.ArgumentParser(description=main.__doc__.split("\n")[0])
+    p.add_argument("--prefix", required=True, help="corpus name in the manifest names")
+    p.add_argument("--out-dir", required=True, type=Path)
+    p.add_argument("parts", nargs="+", help="PART=KALDI_DATA_DIR")
+    args = p.parse_args(argv)
+    setup_logging()
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    for item in args.parts:
+        part, sep, data_dir = item.partition("=")
+        if not sep or not part or not data_dir:
+            print(f"error: {item!r}: expected PART=KALDI_DATA_DIR", file=sys.stderr)
+            return 1
+        if not (Path(data_dir) / "wav.scp").is_file():
+            print(f"error: {data_dir}: not a Kaldi data dir (no wav.scp)", file=sys.stderr)
+            return 1
+        d = read_kaldi_data_dir(data_dir)
+        if len(d.supervisions) == 0:
+            print(f"error: {data_dir}: no usable utterance", file=sys.stderr)
+            return 1
+        validate_recordings_and_supervisions(d.recordings, d.supervisions)
+        d.recordings.to_file(args.out_dir / f"{args.prefix}_recordings_{part}.jsonl.gz")
+        d.supervisions.to_file(args.out_dir / f"{args.prefix}_supervisions_{part}.jsonl.gz")
+        log.info("%s: %d recordings, %d utterances, %d problems", part,
+                 len(d.recordings), len(d.supervisions), len(d.failures))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -118,6 +118,23 @@ def pad_targets(
     return y, torch.tensor(lens, dtype=torch.int64)
 
 
+def normalize_features(feats: torch.Tensor, feat_lens: torch.Tensor) -> torch.Tensor:
+    """Per-utterance mean and variance normalisation of each feature bin.
+
+    feats: (N, T, F) float; feat_lens: (N,) int64 -> (N, T, F) float with zero mean
+    and unit variance over each utterance's valid frames, and zeros at padding.
+    Stateless, so training, decoding and exported models normalise identically.
+    """
+    assert feats.ndim == 3 and feat_lens.shape == (feats.shape[0],), feats.shape
+    valid = (torch.arange(feats.shape[1], device=feats.device)[None, :]
+             < feat_lens[:, None]).unsqueeze(-1)  # (N, T, 1)
+    count = feat_lens.clamp(min=1).to(feats.dtype)[:, None, None]
+    x = feats.masked_fill(~valid, 0.0)
+    mean = x.sum(1, keepdim=True) / count
+    var = ((x - mean).masked_fill(~valid, 0.0) ** 2).sum(1, keepdim=True) / count
+    return ((x - mean) / (var + 1e-5).sqrt()).masked_fill(~valid, 0.0)
+
+
 def loss_scales(warmup: float, simple_loss_scale: float) -> tuple[float, float]:
     """Weights of (simple, pruned) loss at a warm-up point (icefall's schedule).
 
@@ -177,7 +194,8 @@ class Transducer(nn.Module):
                 f"feat_lens max {int(feat_lens.max())} exceeds feats length "
                 f"{feats.shape[1]}"
             )
-        return self.encoder(feats, feat_lens.to(torch.int64))
+        feat_lens = feat_lens.to(torch.int64)
+        return self.encoder(normalize_features(feats, feat_lens), feat_lens)
 
     def forward(
         self,
