@@ -63,8 +63,8 @@ def overfit(cfg, feats, lens, targets, steps, seed=0, lr=1e-2, warmup_steps=20):
 @pytest.fixture(scope="module")
 def overfitted():
     cfg = ModelConfig.tiny()
-    feats, lens, targets = token_template_batch(4, cfg.num_mel_bins, cfg.vocab_size, 5)
-    model, losses = overfit(cfg, feats, lens, targets, steps=250, seed=2)
+    feats, lens, targets = token_template_batch(4, cfg.num_mel_bins, cfg.vocab_size, 2)
+    model, losses = overfit(cfg, feats, lens, targets, steps=300, seed=1)
     return model, feats, lens, targets, losses
 
 

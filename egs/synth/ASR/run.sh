@@ -5,6 +5,7 @@
 # conf/systems.yaml: float32, PTQ int8/int4, native QAT W8A8/W4A8/W4A4, mixed 4/8.
 #
 # Usage: ./run.sh [--stage N] [--stop-stage N] [--quick true] [--nj 2] [--seed 1] ...
+#   --decode-methods "greedy_search modified_beam_search"   also beam search
 #   --quick true   a small corpus and small models: every stage in a few minutes
 #                  (data in data/quick, results in exp/quick, RESULTS.md untouched)
 # Stages: 0 synthesize the corpus (lhotse manifests in DATA/manifests);
@@ -21,11 +22,11 @@ num_train=12000
 num_dev=200
 num_test=300
 vocab_size=5000
-nbpe=256
+nbpe=128
 avg=3
 max_steps=
 systems=conf/systems.yaml
-decode_methods="greedy_search modified_beam_search"
+decode_methods=greedy_search
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
 Q4ASR_ROOT=${Q4ASR_ROOT:-$(cd ../../.. && pwd)}
