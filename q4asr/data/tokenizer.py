@@ -43,6 +43,9 @@ def train_bpe(
         bos_id=-1,
         eos_id=-1,
         control_symbols=["<blk>"],
+        # the recipes normalise text themselves; without a normalisation rule the
+        # model carries no 240 kB character map (it travels inside every model file)
+        normalization_rule_name="identity",
         hard_vocab_limit=False,
         minloglevel=2,
     )
