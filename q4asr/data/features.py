@@ -3,12 +3,21 @@
 Usage::
 
     python -m q4asr.data.features --manifests data/manifests --out-dir data/fbank \\
-        --prefix synth --parts train dev test test_heldout [--num-mel-bins 80] [--nj 1]
+        --prefix synth --parts train dev test test_heldout [--num-mel-bins 80] [--nj 1] \\
+        [--speed-perturb 0.9 1.1 --perturb-parts train] \\
+        [--mux-parts train-clean-100 train-other-500 --mux-name train]
 
 reads ``<manifests>/<prefix>_{recordings,supervisions}_<part>.jsonl.gz`` and writes
 ``<out-dir>/<prefix>_cuts_<part>.jsonl.gz`` with features in
 ``<out-dir>/<prefix>_feats_<part>[_<job>].lca``. Recordings at another sampling rate
 are resampled to 16 kHz; an unreadable recording is logged by id and left out.
+
+``--speed-perturb`` adds speed-perturbed copies (lhotse ``perturb_speed``, cut ids
+suffixed ``_sp<factor>``) of every cut of the ``--perturb-parts``. ``--mux-parts``
+then writes ``<out-dir>/<prefix>_cuts_<mux-name>.jsonl.gz``: the cuts of those parts
+interleaved at random by lhotse's lazy ``CutSet.mux``, each part weighted by its
+hours of speech, so a training set of several corpora streams from their own feature
+files without a copy.
 
 Decoding and transcription compute the same features on the fly with
 :func:`fbank_extractor`; :data:`FEATURE_CONFIG` is stored in exported models.
@@ -113,8 +122,12 @@ def compute_fbank(
     part: str,
     num_mel_bins: int = 80,
     num_jobs: int = 1,
+    speed_perturb: Sequence[float] = (),
 ) -> tuple[Path, list[str]]:
     """Compute and store fbank features for one part; returns (cuts path, failures).
+
+    ``speed_perturb``: factors (e.g. 0.9, 1.1) whose perturbed copies of every cut
+    are added to the part (the original cuts are always kept).
 
     Raises FileNotFoundError naming the missing manifest, and RuntimeError when no
     recording of the part could be read.
@@ -132,6 +145,15 @@ def compute_fbank(
     cuts = CutSet.from_manifests(recordings=recordings, supervisions=supervisions)
     if any(s.start > 0 for s in supervisions):  # Kaldi segments: one cut each
         cuts = cuts.trim_to_supervisions(keep_overlapping=False)
+    for f in speed_perturb:
+        if not 0.5 <= f <= 2.0 or f == 1.0:
+            raise ValueError(f"speed_perturb factor {f}: use factors in [0.5, 2] and != 1")
+    if speed_perturb:
+        cuts = cuts.to_eager()
+        cuts = CutSet.from_cuts(
+            c for cs in [cuts, *(cuts.perturb_speed(f) for f in speed_perturb)]
+            for c in cs
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     num_jobs = max(1, min(num_jobs, len(cuts)))
     if num_jobs == 1:
@@ -172,6 +194,59 @@ def compute_fbank(
     return cuts_path, failures
 
 
+def mux_cuts(
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    weights: Sequence[float] | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Interleave cut manifests with lhotse's lazy ``CutSet.mux`` into ``out``.
+
+    ``weights`` default to each manifest's hours of speech (one streaming pass per
+    manifest), so every corpus is drawn in proportion to its size until all are
+    used up; every cut of every input is written exactly once. Returns
+    ``{input path: hours}``. Raises FileNotFoundError naming a missing input and
+    ValueError for an empty input or a duplicate cut id.
+    """
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise ValueError("mux_cuts: no input manifests")
+    hours: dict[str, float] = {}
+    for p in paths:
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: cut manifest not found")
+        h = sum(c.duration for c in CutSet.from_jsonl_lazy(p)) / 3600
+        if h <= 0:
+            raise ValueError(f"{p}: no cuts to mux")
+        hours[str(p)] = h
+    if weights is None:
+        weights = list(hours.values())
+    if len(weights) != len(paths):
+        raise ValueError(f"mux_cuts: {len(weights)} weights for {len(paths)} inputs")
+    muxed = CutSet.mux(
+        *[CutSet.from_jsonl_lazy(p) for p in paths], weights=list(weights), seed=seed
+    )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".tmp.{out.name}")
+    seen: set[str] = set()
+    with CutSet.open_writer(tmp) as w:
+        for cut in muxed:
+            if cut.id in seen:
+                tmp.unlink(missing_ok=True)
+                raise ValueError(f"mux_cuts: cut id {cut.id} occurs twice in {inputs}")
+            seen.add(cut.id)
+            w.write(cut)
+    os.replace(tmp, out)
+    log.info(
+        "muxed %s -> %s (%d cuts)",
+        ", ".join(f"{Path(p).name} {h:.3f} h" for p, h in hours.items()),
+        out,
+        len(seen),
+    )
+    return hours
+
+
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--manifests", required=True, type=Path, help="manifest directory")
@@ -180,15 +255,36 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--parts", nargs="+", required=True)
     p.add_argument("--num-mel-bins", type=int, default=80)
     p.add_argument("--nj", type=int, default=1)
+    p.add_argument("--speed-perturb", type=float, nargs="*", default=[],
+                   help="speed factors added to the --perturb-parts (e.g. 0.9 1.1)")
+    p.add_argument("--perturb-parts", nargs="*", default=[],
+                   help="parts that get the --speed-perturb copies")
+    p.add_argument("--mux-parts", nargs="*", default=[],
+                   help="parts whose cuts are interleaved into --mux-name")
+    p.add_argument("--mux-name", default=None,
+                   help="part name of the muxed cuts (<prefix>_cuts_<mux-name>)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = get_parser().parse_args(argv)
+    p = get_parser()
+    args = p.parse_args(argv)
+    if bool(args.mux_parts) != bool(args.mux_name):
+        p.error("--mux-parts and --mux-name go together")
+    for q in [*args.perturb_parts, *args.mux_parts]:
+        if q not in args.parts:
+            p.error(f"part {q} is not one of --parts {args.parts}")
     setup_logging()
     for part in args.parts:
+        sp = args.speed_perturb if part in args.perturb_parts else ()
         compute_fbank(
-            args.manifests, args.out_dir, args.prefix, part, args.num_mel_bins, args.nj
+            args.manifests, args.out_dir, args.prefix, part, args.num_mel_bins, args.nj,
+            speed_perturb=sp,
+        )
+    if args.mux_parts:
+        mux_cuts(
+            [args.out_dir / f"{args.prefix}_cuts_{q}.jsonl.gz" for q in args.mux_parts],
+            args.out_dir / f"{args.prefix}_cuts_{args.mux_name}.jsonl.gz",
         )
 
 

@@ -20,6 +20,12 @@
 # Options (defaults below): --stage --stop-stage --prefix --train-part --dev-part --test-parts
 #   --systems --nbpe --nj --avg --decode-methods --max-steps (override every system's config)
 #   --calibration-batches --results-title --data-dir --exp-dir --results-md
+#   --train-parts "a b"   several training parts (corpora) of the prefix: features for each,
+#                         interleaved by CutSet.mux (weighted by hours) into the cuts of
+#                         --train-part, and the BPE model trained on all their transcripts
+#   --speed-perturb "0.9 1.1"  speed-perturbed copies of the training part(s) (stage 10)
+#   --train-launcher "torchrun --nproc-per-node 8"  runs `LAUNCHER -m q4asr.bin.train` for
+#                         distributed training (default: plain q4asr-train, one process)
 set -euo pipefail
 
 stage=10
@@ -39,6 +45,9 @@ results_title=
 data_dir=data
 exp_dir=exp
 results_md=RESULTS.md
+train_parts=
+speed_perturb=
+train_launcher=
 
 Q4ASR_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
 . "$Q4ASR_ROOT/tools/parse_options.sh"
@@ -56,17 +65,29 @@ sys_get() { python -m q4asr.recipe "$systems" get "$1" "$2"; }
 steps_opt=()
 [ -n "$max_steps" ] && steps_opt=(--max-steps "$max_steps")
 
-if run_stage 10 "compute fbank features for $train_part $dev_part $test_parts"; then
+feat_parts=($train_part)
+feat_opts=()
+if [ -n "$train_parts" ]; then
+  feat_parts=($train_parts)
+  feat_opts+=(--mux-parts $train_parts --mux-name "$train_part")
+fi
+[ -n "$speed_perturb" ] && feat_opts+=(--speed-perturb $speed_perturb --perturb-parts "${feat_parts[@]}")
+launcher=(q4asr-train)
+[ -n "$train_launcher" ] && read -ra launcher <<< "$train_launcher -m q4asr.bin.train"
+
+if run_stage 10 "compute fbank features for ${feat_parts[*]} $dev_part $test_parts"; then
   done_or_run "$fbank_dir/.fbank.done" \
     python -m q4asr.data.features --manifests "$manifest_dir" --out-dir "$fbank_dir" \
-      --prefix "$prefix" --parts $train_part $dev_part $test_parts --nj "$nj"
+      --prefix "$prefix" --parts "${feat_parts[@]}" $dev_part $test_parts --nj "$nj" \
+      "${feat_opts[@]}"
   end_stage
 fi
 
-if run_stage 11 "train a $nbpe-piece BPE model on the $train_part transcripts"; then
+if run_stage 11 "train a $nbpe-piece BPE model on the ${feat_parts[*]} transcripts"; then
+  sups=()
+  for p in "${feat_parts[@]}"; do sups+=("$manifest_dir/${prefix}_supervisions_${p}.jsonl.gz"); done
   done_or_run "$lang_dir/.bpe.done" \
-    python -m q4asr.data.tokenizer --supervisions \
-      "$manifest_dir/${prefix}_supervisions_${train_part}.jsonl.gz" \
+    python -m q4asr.data.tokenizer --supervisions "${sups[@]}" \
       --vocab-size "$nbpe" --out "$bpe_model"
   end_stage
 fi
@@ -85,7 +106,7 @@ train_system() {
     args+=(--init-from "$exp_dir/$init/avg.pt")
   fi
   done_or_run "$exp_dir/$name/.train.done" \
-    q4asr-train --config "$config" --exp-dir "$exp_dir/$name" \
+    "${launcher[@]}" --config "$config" --exp-dir "$exp_dir/$name" \
       --train-cuts "$fbank_dir/${prefix}_cuts_${train_part}.jsonl.gz" \
       --valid-cuts "$fbank_dir/${prefix}_cuts_${dev_part}.jsonl.gz" \
       --bpe-model "$bpe_model" "${args[@]}" "${steps_opt[@]}"
