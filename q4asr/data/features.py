@@ -144,12 +144,11 @@ def compute_fbank(
     supervisions = load_manifest(paths["supervisions"])
     cuts = CutSet.from_manifests(recordings=recordings, supervisions=supervisions)
     if any(s.start > 0 for s in supervisions):  # Kaldi segments: one cut each
-        cuts = cuts.trim_to_supervisions(keep_overlapping=False)
+        cuts = cuts.trim_to_supervisions(keep_overlapping=False).to_eager()
     for f in speed_perturb:
         if not 0.5 <= f <= 2.0 or f == 1.0:
             raise ValueError(f"speed_perturb factor {f}: use factors in [0.5, 2] and != 1")
     if speed_perturb:
-        cuts = cuts.to_eager()
         cuts = CutSet.from_cuts(
             c for cs in [cuts, *(cuts.perturb_speed(f) for f in speed_perturb)]
             for c in cs
