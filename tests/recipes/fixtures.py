@@ -111,7 +111,7 @@ def make_gigaspeech(root: Path, parts: dict[str, tuple[int, int]], seed: int = 0
     tmp.mkdir(parents=True, exist_ok=True)
     n = 0
     for part, (n_pod, n_seg) in parts.items():
-        subsets = ["{XL}", "{L}", "{M}", "{S}", "{XS}"] if part == "XS" else ["{%s}" % part]
+        subsets = ["{XL}", "{L}", "{M}", "{S}", "{XS}"] if part == "XS" else ["{" + part + "}"]
         for _ in range(n_pod):
             aid = f"POD{n:010d}"
             texts = [sents.next() for _ in range(n_seg)]
