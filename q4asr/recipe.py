@@ -15,6 +15,10 @@ A recipe's ``conf/systems.yaml`` lists its systems in the order they are built::
         config: conf/train_qat.yaml
         plan: conf/plans/w4a8.yaml
         init_from: float32          # optional for qat: fine-tune that system's average
+      - name: float32_ft
+        method: float
+        config: conf/train_qat.yaml
+        init_from: float32          # optional for float: the same fine-tuning without a plan
 
 The shell stages query it with ``python -m q4asr.recipe conf/systems.yaml list`` and
 ``... get NAME FIELD``; paths are relative to the recipe directory.
@@ -51,8 +55,8 @@ class System:
             raise ValueError(f"system {self.name}: method {self.method} needs a training config")
         if self.method in ("ptq", "qat") and not self.plan:
             raise ValueError(f"system {self.name}: method {self.method} needs a plan")
-        if self.method == "float" and (self.plan or self.init_from):
-            raise ValueError(f"system {self.name}: a float system has no plan and no init_from")
+        if self.method == "float" and self.plan:
+            raise ValueError(f"system {self.name}: a float system has no plan")
         if self.method == "ptq" and not self.init_from:
             raise ValueError(f"system {self.name}: ptq needs init_from (a float system)")
 

@@ -80,7 +80,7 @@ def collect(systems_file: str, exp_dir: str, test_parts: list[str],
             row["rtf"][part] = d.get("rtf")
         summary = _read_json(exp / s.name / "train_summary.json")
         if summary is not None:
-            row["train_seconds"] = summary.get("wall_seconds")
+            row["train_seconds"] = summary.get("wall_time_s")
             row["train_steps"] = summary.get("steps")
         rows.append(row)
     ref = next((r for r in rows if r["method"] == "float" and r["size_bytes"]), None)

@@ -92,6 +92,7 @@ def test_stop_after_middle_stage_then_resume_to_report(recipe):
             assert s["rtf"][part] > 0
     assert systems["ptq_w4a8"]["size_ratio"] > 3  # int4 weights, tiny model
     assert systems["qat_w4a8"]["train_steps"] == 6
+    assert systems["qat_w4a8"]["train_seconds"] > 0
     assert results["environment"]["torch"]
     assert any("q4asr-train" in c for c in results["commands"])
     assert (recipe / "exp/wer_vs_size.png").stat().st_size > 1000
