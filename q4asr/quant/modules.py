@@ -329,6 +329,25 @@ def _conv_args_ok(mod: nn.Module) -> str | None:
     return None
 
 
+def _conv_copy(cls: type, mod: nn.Module) -> nn.Module:
+    """A ``cls`` conv with ``mod``'s arguments (on the meta device) sharing its
+    Parameters: the one constructor behind the QAT convs' ``from_float``/``to_float``."""
+    new = cls(
+        mod.in_channels,
+        mod.out_channels,
+        mod.kernel_size,
+        mod.stride,
+        mod.padding,
+        mod.dilation,
+        mod.groups,
+        mod.bias is not None,
+        mod.padding_mode,
+        device="meta",
+    )
+    new.weight, new.bias = mod.weight, mod.bias
+    return new.train(mod.training)
+
+
 class QATConv1d(_QuantMixin, nn.Conv1d):
     """nn.Conv1d with native integer QAT. x: (N, C_in, T) -> (N, C_out, T') float32.
 
@@ -343,19 +362,7 @@ class QATConv1d(_QuantMixin, nn.Conv1d):
         why = _conv_args_ok(mod)
         if why:
             raise ValueError(f"{qname}: cannot quantize {why}")
-        new = cls(
-            mod.in_channels,
-            mod.out_channels,
-            mod.kernel_size,
-            mod.stride,
-            mod.padding,
-            mod.dilation,
-            mod.groups,
-            mod.bias is not None,
-            mod.padding_mode,
-            device="meta",
-        )
-        new.weight, new.bias = mod.weight, mod.bias
+        new = _conv_copy(cls, mod)
         new._init_quant(precision, qname)
         if new.groups > 1 and new.act_bits is not None and new.weight_bits is not None:
             k = (new.in_channels // new.groups) * new.kernel_size[0]
@@ -370,20 +377,7 @@ class QATConv1d(_QuantMixin, nn.Conv1d):
         return new.train(mod.training)
 
     def to_float(self) -> nn.Conv1d:
-        m = nn.Conv1d(
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.groups,
-            self.bias is not None,
-            self.padding_mode,
-            device="meta",
-        )
-        m.weight, m.bias = self.weight, self.bias
-        return m.train(self.training)
+        return _conv_copy(nn.Conv1d, self)
 
     def _args(self):
         return self.stride[0], self.padding[0], self.dilation[0], self.groups
@@ -449,37 +443,12 @@ class QATConv2d(_QuantMixin, nn.Conv2d):
         why = _conv_args_ok(mod)
         if why:
             raise ValueError(f"{qname}: cannot quantize {why}")
-        new = cls(
-            mod.in_channels,
-            mod.out_channels,
-            mod.kernel_size,
-            mod.stride,
-            mod.padding,
-            mod.dilation,
-            mod.groups,
-            mod.bias is not None,
-            mod.padding_mode,
-            device="meta",
-        )
-        new.weight, new.bias = mod.weight, mod.bias
+        new = _conv_copy(cls, mod)
         new._init_quant(precision, qname)
         return new.train(mod.training)
 
     def to_float(self) -> nn.Conv2d:
-        m = nn.Conv2d(
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.groups,
-            self.bias is not None,
-            self.padding_mode,
-            device="meta",
-        )
-        m.weight, m.bias = self.weight, self.bias
-        return m.train(self.training)
+        return _conv_copy(nn.Conv2d, self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         assert x.ndim == 4 and x.shape[1] == self.in_channels, (self.qname, x.shape)
