@@ -45,6 +45,22 @@ class _Sentences:
         return s
 
 
+
+# A tiny model and schedule for running recipes end to end in seconds; tests override
+# single fields with ``tiny_train(max_steps=...)``.
+TINY_MODEL = {"num_mel_bins": 80, "subsampling_channels": 8, "d_model": 32,
+              "num_layers": 1, "num_heads": 2, "ffn_dim": 64, "conv_kernel": 7,
+              "dropout": 0.0, "decoder_dim": 32, "joiner_dim": 32, "ctc_weight": 0.5}
+
+
+def tiny_train(**overrides) -> dict:
+    """The ``train:`` section of a tiny recipe config."""
+    return {"seed": 1, "max_steps": 4, "max_duration": 20.0, "num_buckets": 2,
+            "lr": 1.0e-3, "warmup_steps": 2, "model_warmup_steps": 2, "num_workers": 0,
+            "log_every": 2, "valid_every": 4, "checkpoint_every": 2,
+            "keep_last_checkpoints": 2, "num_threads": 1,
+            "spec_augment": {"enabled": False}, **overrides}
+
 def speak(texts: list[str], out_dir: Path, tag: str, seed: int) -> list[np.ndarray]:
     """16 kHz float32 samples ``(S,)`` of each text, spoken by espeak-ng voices."""
     rng = random.Random(f"{seed}:{tag}")

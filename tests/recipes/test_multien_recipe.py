@@ -15,19 +15,18 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fixtures import make_commonvoice, make_gigaspeech, make_librispeech
+from fixtures import (
+    TINY_MODEL,
+    make_commonvoice,
+    make_gigaspeech,
+    make_librispeech,
+    tiny_train,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "egs" / "multien" / "ASR"
 
-TINY_MODEL = {"num_mel_bins": 80, "subsampling_channels": 8, "d_model": 32,
-              "num_layers": 1, "num_heads": 2, "ffn_dim": 64, "conv_kernel": 7,
-              "dropout": 0.0, "decoder_dim": 32, "joiner_dim": 32, "ctc_weight": 0.5}
-TINY_TRAIN = {"seed": 1, "max_steps": 4, "max_duration": 15.0, "num_buckets": 2,
-              "lr": 1.0e-3, "warmup_steps": 2, "model_warmup_steps": 2, "num_workers": 0,
-              "log_every": 2, "valid_every": 4, "checkpoint_every": 2,
-              "keep_last_checkpoints": 3, "num_threads": 1,
-              "spec_augment": {"enabled": False}}
+TINY_TRAIN = tiny_train(max_duration=15.0, keep_last_checkpoints=3)
 CORPUS_OPTS = ["--ls-train-parts", "train-clean-100", "--ls-test-parts", "test-clean",
                "--gs-train-part", "XS", "--nbpe", "48", "--nj", "1", "--avg", "2",
                "--calibration-batches", "2", "--decode-methods", "greedy_search"]

@@ -13,18 +13,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fixtures import TINY_MODEL, tiny_train
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "egs" / "synth" / "ASR"
 
-TINY_MODEL = {"num_mel_bins": 80, "subsampling_channels": 8, "d_model": 32,
-              "num_layers": 1, "num_heads": 2, "ffn_dim": 64, "conv_kernel": 7,
-              "dropout": 0.0, "decoder_dim": 32, "joiner_dim": 32, "ctc_weight": 0.5}
-TINY_TRAIN = {"seed": 1, "max_steps": 6, "max_duration": 20.0, "num_buckets": 2,
-              "lr": 1.0e-3, "warmup_steps": 2, "model_warmup_steps": 2, "num_workers": 0,
-              "log_every": 2, "valid_every": 3, "checkpoint_every": 3,
-              "keep_last_checkpoints": 3, "num_threads": 1,
-              "spec_augment": {"enabled": False}}
+TINY_TRAIN = tiny_train(max_steps=6, valid_every=3, checkpoint_every=3,
+                        keep_last_checkpoints=3)
 CORPUS = ["--num-train", "40", "--num-dev", "6", "--num-test", "6", "--vocab-size", "300",
           "--nbpe", "64", "--avg", "2", "--decode-methods", "greedy_search"]
 
