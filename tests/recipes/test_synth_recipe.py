@@ -76,7 +76,7 @@ def test_stop_after_middle_stage_then_resume_to_report(recipe):
     systems = {s["name"]: s for s in results["systems"]}
     assert list(systems) == ["float32", "ptq_w4a8", "qat_w4a8"]
     f32 = systems["float32"]["size_bytes"]
-    for name, s in systems.items():
+    for s in systems.values():
         path = recipe / s["model_file"]
         assert path.is_file(), path
         assert s["size_bytes"] == path.stat().st_size
