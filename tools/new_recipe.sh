@@ -47,7 +47,7 @@ systems=conf/systems.yaml
 decode_methods="greedy_search modified_beam_search"
 
 cd "\$(dirname "\${BASH_SOURCE[0]}")"
-Q4ASR_ROOT=\$(cd ../../.. && pwd)
+Q4ASR_ROOT=\${Q4ASR_ROOT:-\$(cd ../../.. && pwd)}
 . "\$Q4ASR_ROOT/tools/parse_options.sh"
 . "\$Q4ASR_ROOT/tools/path.sh"
 . "\$Q4ASR_ROOT/egs/TEMPLATE/ASR/lib.sh"
