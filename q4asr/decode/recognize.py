@@ -13,13 +13,13 @@ from lhotse import CutSet
 from lhotse.dataset import SimpleCutSampler
 from tqdm import tqdm
 
+from q4asr.data.datamodule import MIN_FRAMES, AsrDataset, cut_text
 from q4asr.decode.search import greedy_search, modified_beam_search
 from q4asr.modelfile import AsrModel
 
 log = logging.getLogger(__name__)
 
 METHODS = ("greedy_search", "modified_beam_search")
-MIN_FRAMES = 7  # the x4 subsampling's minimum input
 
 
 @torch.no_grad()
@@ -67,8 +67,6 @@ def decode_cuts(asr: AsrModel, cuts_path: str | Path, method: str = "greedy_sear
     """Decode every cut of a manifest (precomputed features when the cuts have them,
     else fbank on the fly). A cut that cannot be read is logged and scored as an empty
     hypothesis (all its words deleted), never dropped."""
-    from q4asr.data.datamodule import AsrDataset, cut_text
-
     cuts_path = Path(cuts_path)
     if not cuts_path.is_file():
         raise FileNotFoundError(f"{cuts_path}: no such cut manifest")

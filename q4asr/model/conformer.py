@@ -223,8 +223,9 @@ class ConformerLayer(nn.Module):
 
     Unlike ESPnet's block there is no LayerNorm on the block output: the residual
     stream is normalised once, after the last block (``ConformerEncoder.norm_out``).
-    A norm on every block output made a 6-layer model stall for over 1,000 steps
-    before it used the audio at all; without it the same model learns within ~100.
+    With a norm on every block output the 6-layer demo model had not used the audio
+    after 1,200 steps (its CTC loss stayed at the no-audio level); with one norm after
+    the last block its dev CTC loss falls from about step 150 on.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
