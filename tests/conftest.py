@@ -79,3 +79,15 @@ def tiny_corpus(tmp_path_factory) -> TinyCorpus:
     """A tiny real corpus (40 train, 8 dev, 8 test, 8 held-out-voice test utterances)."""
     logging.getLogger("q4asr").setLevel(logging.WARNING)
     return build_tiny_corpus(tmp_path_factory.mktemp("tiny_corpus"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` are skipped, with the reason, where no CUDA GPU is."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

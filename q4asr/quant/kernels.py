@@ -35,6 +35,39 @@ def _pad_to(n: int, multiple: int, minimum: int = 0) -> int:
     return max(minimum, -(-n // multiple) * multiple)
 
 
+# What cublasLt's int8 GEMM (behind ``torch._int_mm`` on CUDA) accepts: M > 16, K and
+# N multiples of 8, ``a`` row-major and ``b`` column-major (the transpose of a
+# contiguous (N, K) tensor). A row-major ``b`` is refused (CUBLAS_STATUS_NOT_SUPPORTED).
+CUDA_MIN_M = 24
+CUDA_MULTIPLE = 8
+
+
+def cublaslt_operands(
+    a: torch.Tensor, b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``a`` and ``b`` zero-padded and laid out as cublasLt's int8 GEMM needs them.
+
+    Args:
+      a: (M, K) int8, any layout.  b: (K, N) int8, any layout.
+    Returns:
+      ``(ap, bp)``: ap (Mp, Kp) contiguous (row-major); bp (Kp, Np), the transposed
+      view of a contiguous (Np, Kp) tensor (column-major), with Mp >= 24 and Kp, Np
+      multiples of 8. Zeros add nothing to any sum, so ``(ap @ bp)[:M, :N] == a @ b``.
+      Operands that already fit are returned without a copy.
+    """
+    M, K = a.shape
+    N = b.shape[1]
+    Mp = _pad_to(M, CUDA_MULTIPLE, CUDA_MIN_M)
+    Kp, Np = _pad_to(K, CUDA_MULTIPLE), _pad_to(N, CUDA_MULTIPLE)
+    if (Mp, Kp) != (M, K):
+        a = F.pad(a, (0, Kp - K, 0, Mp - M))
+    a = a.contiguous()
+    bt = b.t()  # (N, K)
+    if (Np, Kp) != (N, K):
+        bt = F.pad(bt, (0, Kp - K, 0, Np - N))
+    return a, bt.contiguous().t()
+
+
 def int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` with int32 accumulation.
 
@@ -43,20 +76,17 @@ def int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     Returns:
       (M, N) int32.
 
-    On CPU ``torch._int_mm`` takes any shape. The CUDA kernel needs M > 16 and K, N
-    multiples of 8: operands are zero-padded there (zeros add nothing to any sum).
+    On CPU ``torch._int_mm`` takes any shape. On CUDA the operands go through
+    :func:`cublaslt_operands` (padding and layout) and the result is cut back.
     """
     assert a.dtype == torch.int8 and b.dtype == torch.int8, (a.dtype, b.dtype)
     assert a.ndim == 2 and b.ndim == 2 and a.shape[1] == b.shape[0], (a.shape, b.shape)
     if not a.is_cuda:
         return torch._int_mm(a, b)
-    M, K = a.shape
-    N = b.shape[1]
-    Mp, Kp, Np = _pad_to(M, 8, 24), _pad_to(K, 8), _pad_to(N, 8)
-    if (Mp, Kp, Np) != (M, K, N):
-        a = F.pad(a, (0, Kp - K, 0, Mp - M))
-        b = F.pad(b, (0, Np - N, 0, Kp - K))
-    return torch._int_mm(a.contiguous(), b)[:M, :N]
+    M, N = a.shape[0], b.shape[1]
+    ap, bp = cublaslt_operands(a, b)
+    acc = torch._int_mm(ap, bp)
+    return acc if acc.shape == (M, N) else acc[:M, :N]
 
 
 def rescale(acc: torch.Tensor, sx: torch.Tensor, sw: torch.Tensor) -> torch.Tensor:
@@ -153,7 +183,7 @@ def int_conv2d(
         (s0, stride[0] * s1, stride[1] * s2, dilation[0] * s1, dilation[1] * s2, s3),
     ).reshape(N * Ho * Wo, kh * kw * C)
     w2 = qw.permute(0, 2, 3, 1).reshape(n_out, kh * kw * C)
-    acc = int_mm(cols, w2.t()).view(N, Ho * Wo, n_out)
+    acc = int_mm(cols, w2.t()).reshape(N, Ho * Wo, n_out)
     y = rescale(acc, sx.reshape(-1, 1, 1), sw.reshape(1, 1, -1))
     if bias is not None:
         y.add_(bias)

@@ -5,6 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from q4asr.quant.kernels import (
+    CUDA_MIN_M,
+    CUDA_MULTIPLE,
+    cublaslt_operands,
     int_conv2d,
     int_grouped_conv1d,
     int_linear,
@@ -24,6 +27,65 @@ def test_int_mm_equals_float64_reference(shape):
     assert acc.dtype == torch.int32 and acc.shape == (M, N)
     ref = a.double() @ w.double().t()
     assert torch.equal(acc.double(), ref)
+
+
+# Shapes the models produce: frames x d_model, the Conv2d front-end's K of 9 and 16,
+# odd vocabularies, a single row, and shapes that need no padding at all.
+CUDA_SHAPES = [
+    (32, 104, 40),
+    (1, 16, 5),
+    (7, 9, 8),
+    (100, 144, 500),
+    (24, 8, 8),
+    (64, 256, 1024),
+    (3, 1, 1),
+]
+
+
+@pytest.mark.parametrize("row_major_b", [False, True])
+@pytest.mark.parametrize("shape", CUDA_SHAPES)
+def test_cublaslt_operands_layout_and_padding(shape, row_major_b):
+    """What int_mm hands to torch._int_mm on CUDA, checked on the CPU: a row-major,
+    b column-major (a transposed contiguous (N, K)), padded sizes, same product."""
+    M, K, N = shape
+    g = torch.Generator().manual_seed(M * K + N)
+    a = torch.randint(-127, 128, (M, K), dtype=torch.int8, generator=g)
+    w = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g)
+    b = w.t().contiguous() if row_major_b else w.t()
+    ap, bp = cublaslt_operands(a, b)
+    Mp, Kp = ap.shape
+    assert bp.shape[0] == Kp
+    Np = bp.shape[1]
+    assert Mp >= max(M, CUDA_MIN_M) and Kp >= K and Np >= N
+    assert Kp % CUDA_MULTIPLE == 0 and Np % CUDA_MULTIPLE == 0
+    assert Kp - K < CUDA_MULTIPLE and Np - N < CUDA_MULTIPLE
+    assert ap.is_contiguous()
+    assert bp.stride() == (1, Kp), "b must reach cublasLt column-major"
+    assert bp.t().is_contiguous()
+    assert torch.equal(ap[:M, :K], a) and not ap[M:].any() and not ap[:, K:].any()
+    assert torch.equal(bp[:K, :N], b) and not bp[K:].any() and not bp[:, N:].any()
+    acc = torch._int_mm(ap, bp)[:M, :N]
+    assert torch.equal(acc.double(), a.double() @ w.double().t())
+
+
+def test_cublaslt_operands_no_copy_when_aligned():
+    a = torch.zeros(32, 64, dtype=torch.int8)
+    w = torch.zeros(16, 64, dtype=torch.int8)
+    ap, bp = cublaslt_operands(a, w.t())
+    assert ap.data_ptr() == a.data_ptr() and bp.data_ptr() == w.data_ptr()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape", CUDA_SHAPES)
+def test_int_mm_cuda_equals_reference(shape):
+    M, K, N = shape
+    g = torch.Generator().manual_seed(M + K + N)
+    a = torch.randint(-127, 128, (M, K), dtype=torch.int8, generator=g)
+    w = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g)
+    for b in (w.t(), w.t().contiguous()):
+        acc = int_mm(a.cuda(), b.cuda())
+        assert acc.dtype == torch.int32 and acc.shape == (M, N)
+        assert torch.equal(acc.cpu().double(), a.double() @ w.double().t())
 
 
 def test_int_linear_rescale_once():
