@@ -10,6 +10,7 @@ Example::
       max_duration: 200.0
       lr: 3.0e-3
       lr_schedule: warmup_cosine
+      amp: auto                    # bf16 on a CUDA GPU, float32 on a CPU
       spec_augment: {enabled: true, num_frame_masks: 5}
     quant:
       plan: conf/plan_int4.yaml     # null -> float training
@@ -28,9 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 LR_SCHEDULES = ("warmup_cosine", "noam", "constant")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
 class ConfigError(ValueError):
@@ -143,6 +146,11 @@ class TrainConfig:
     ``final_lr_ratio * lr`` at the last step), ``noam`` (inverse square root after
     warm-up) or ``constant``. ``model_warmup_steps`` ramps the pruned RNN-T loss in
     (the model's ``warmup`` argument is ``step / model_warmup_steps``).
+
+    ``amp`` is the mixed precision of the forward pass: ``bf16`` or ``fp16``
+    (autocast; fp16 with a gradient scaler), ``off`` (float32), or ``auto``: bf16 on
+    a CUDA GPU, off on a CPU. Parameters and optimizer state stay float32; the
+    losses are computed in float32.
     """
 
     seed: int = 42
@@ -167,6 +175,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_last_checkpoints: int = 5
     num_threads: int | None = None
+    amp: str = "auto"
 
     def __post_init__(self) -> None:
         w = "train"
@@ -224,6 +233,10 @@ class TrainConfig:
             raise ConfigError(
                 f"{w}.lr_schedule: {self.lr_schedule!r} is not one of "
                 f"{', '.join(LR_SCHEDULES)}"
+            )
+        if self.amp not in AMP_MODES:
+            raise ConfigError(
+                f"{w}.amp: {self.amp!r} is not one of {', '.join(AMP_MODES)}"
             )
         if self.lr_schedule == "warmup_cosine" and self.max_steps is None:
             raise ConfigError(
@@ -373,3 +386,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     except (ConfigError, TypeError) as e:
         raise ConfigError(f"{path}: {e}") from e
     return cfg
+
+
+def amp_dtype(mode: str, device_type: str) -> torch.dtype | None:
+    """The autocast dtype of ``train.amp`` on a device type, or None for float32."""
+    if mode not in AMP_MODES:
+        raise ConfigError(f"train.amp: {mode!r} is not one of {', '.join(AMP_MODES)}")
+    if mode == "auto":
+        mode = "bf16" if device_type == "cuda" else "off"
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[mode]

@@ -52,7 +52,7 @@ from q4asr.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from q4asr.config import Config, ConfigError, TrainConfig, load_config
+from q4asr.config import Config, ConfigError, TrainConfig, amp_dtype, load_config
 from q4asr.data.datamodule import (
     DataSpec,
     SpecAugmenter,
@@ -269,6 +269,9 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
         device = torch.device("cpu")
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
+    amp = amp_dtype(tc.amp, device_kind)
+    # fp16 needs loss scaling against gradient underflow; bf16 has float32's range
+    scaler = torch.amp.GradScaler(device_kind, enabled=amp == torch.float16)
 
     exp_dir = Path(args.exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
@@ -300,6 +303,15 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
     model.to(device)
     num_params = sum(p.numel() for p in model.parameters())
     log.info("model: %.2fM parameters", num_params / 1e6)
+    log.info(
+        "mixed precision: %s (train.amp=%s, %s)",
+        "off" if amp is None else str(amp).replace("torch.", ""),
+        tc.amp,
+        device_kind,
+    )
+
+    def autocast():
+        return torch.autocast(device_kind, dtype=amp, enabled=amp is not None)
 
     optimizer = torch.optim.AdamW(
         model.parameters(),
@@ -347,6 +359,8 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+        if scaler.is_enabled() and ckpt.get("grad_scaler"):
+            scaler.load_state_dict(ckpt["grad_scaler"])
         step, epoch = int(ckpt["step"]), int(ckpt["epoch"])
         batches_done = int(ckpt["sampler"]["batches_done"])
         totals.update(ckpt.get("totals", {}))
@@ -400,6 +414,7 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
+            "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "sampler": sampler_state(sampler, epoch, batches_done),
             "rng": rngs,
             "step": step,
@@ -431,7 +446,7 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
             return None
         model.eval()
         sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # loss, simple, pruned, ctc, frames
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             for b in valid_loader:
                 if b["features"].shape[0] == 0:
                     continue
@@ -522,12 +537,14 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
             if augment is not None:
                 feats = augment(feats, lens)
             set_quant(quant_on(step))
-            out = ddp_model(
-                feats.to(device), lens.to(device), tokens, warmup=warmup_value(step)
-            )
+            with autocast():
+                out = ddp_model(
+                    feats.to(device), lens.to(device), tokens, warmup=warmup_value(step)
+                )
             loss = out["loss"]
             optimizer.zero_grad(set_to_none=True)
-            (loss / n).backward()
+            scaler.scale(loss / n).backward()
+            scaler.unscale_(optimizer)  # a no-op unless fp16 loss scaling is on
             if tc.grad_clip is not None:
                 grad_norm = float(
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -542,7 +559,11 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
                         )
                     )
                 )
-            if math.isfinite(grad_norm):
+            if scaler.is_enabled():
+                # skips the update on inf/nan gradients and lowers the loss scale
+                scaler.step(optimizer)
+                scaler.update()
+            elif math.isfinite(grad_norm):
                 optimizer.step()
             else:
                 log.warning(
@@ -656,6 +677,7 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
             "num_threads": torch.get_num_threads(),
             "num_params": num_params,
             "quantized": plan_info is not None,
+            "amp": "off" if amp is None else str(amp).replace("torch.", ""),
             "skipped_cuts": {**train_data.cut_filter.rejected, **skipped},
             "final_valid": valid,
             "env": env_info(),

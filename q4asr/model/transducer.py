@@ -236,17 +236,20 @@ class Transducer(nn.Module):
 
         lm = self.simple_lm_proj(dec)  # (N, S+1, V)
         am = self.simple_am_proj(enc)  # (N, T, V)
-        simple_loss, (px_grad, py_grad) = rnnt_backend.rnnt_loss_smoothed(
-            lm=lm.float(),
-            am=am.float(),
-            symbols=y,
-            termination_symbol=self.blank_id,
-            lm_only_scale=self.cfg.lm_scale,
-            am_only_scale=self.cfg.am_scale,
-            boundary=boundary,
-            reduction="sum",
-            return_grad=True,
-        )
+        # the RNN-T losses run in float32 under mixed precision too (their internal
+        # products and log-sum-exps would lose too much in bf16/fp16)
+        with torch.autocast(enc.device.type, enabled=False):
+            simple_loss, (px_grad, py_grad) = rnnt_backend.rnnt_loss_smoothed(
+                lm=lm.float(),
+                am=am.float(),
+                symbols=y,
+                termination_symbol=self.blank_id,
+                lm_only_scale=self.cfg.lm_scale,
+                am_only_scale=self.cfg.am_scale,
+                boundary=boundary,
+                reduction="sum",
+                return_grad=True,
+            )
         ranges = rnnt_backend.get_rnnt_prune_ranges(
             px_grad=px_grad,
             py_grad=py_grad,
@@ -259,14 +262,15 @@ class Transducer(nn.Module):
             ranges=ranges,
         )  # (N, T, prune_range, joiner_dim) each
         logits = self.joiner(am_pruned, lm_pruned, project_input=False)
-        pruned_loss = rnnt_backend.rnnt_loss_pruned(
-            logits=logits.float(),
-            symbols=y,
-            ranges=ranges,
-            termination_symbol=self.blank_id,
-            boundary=boundary,
-            reduction="sum",
-        )
+        with torch.autocast(enc.device.type, enabled=False):
+            pruned_loss = rnnt_backend.rnnt_loss_pruned(
+                logits=logits.float(),
+                symbols=y,
+                ranges=ranges,
+                termination_symbol=self.blank_id,
+                boundary=boundary,
+                reduction="sum",
+            )
         simple_scale, pruned_scale = loss_scales(warmup, self.cfg.simple_loss_scale)
         loss = simple_scale * simple_loss + pruned_scale * pruned_loss
 

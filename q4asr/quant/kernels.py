@@ -227,15 +227,16 @@ def int_grouped_conv1d(
     assert bound < FLOAT32_EXACT_LIMIT, (
         f"grouped conv partial sums may reach {bound} >= 2**24: not exact in float32"
     )
-    acc = F.conv1d(
-        qx.to(torch.float32),
-        qw.to(torch.float32),
-        None,
-        stride,
-        padding,
-        dilation,
-        groups,
-    )  # (N, n_out, T'), integer-valued, exact by the bound above
+    with torch.autocast(qx.device.type, enabled=False):  # float32, never bf16/fp16
+        acc = F.conv1d(
+            qx.to(torch.float32),
+            qw.to(torch.float32),
+            None,
+            stride,
+            padding,
+            dilation,
+            groups,
+        )  # (N, n_out, T'), integer-valued, exact by the bound above
     G = sx.shape[1]
     sx_out = sx.reshape(sx.shape[0], G, 1).repeat_interleave(
         n_out // G, dim=1

@@ -77,20 +77,25 @@ class _IntLinearSTE(torch.autograd.Function):
         y = int_linear(qx, sx, qw, sw, bias)
         ctx.save_for_backward(qx, sx, mx, qw, sw)
         ctx.has_bias = bias is not None
-        return y
+        ctx.dtypes = x.dtype, w.dtype
+        return y.to(_out_dtype(x))
 
     @staticmethod
     def backward(ctx, g):
+        # the float products of the backward run in the gradient's dtype (the
+        # autocast dtype under mixed precision), as autocast would run them
         qx, sx, mx, qw, sw = ctx.saved_tensors
+        x_dtype, w_dtype = ctx.dtypes
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            gx = g @ dequantize(qw, sw)
+            gx = g @ dequantize(qw, sw).to(g.dtype)
             if mx is not None:
                 gx = gx * mx
+            gx = gx.to(x_dtype)
         if ctx.needs_input_grad[1]:
-            gw = g.t() @ dequantize(qx, sx)
+            gw = (g.t() @ dequantize(qx, sx).to(g.dtype)).to(w_dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = g.sum(0)
+            gb = g.sum(0).to(w_dtype)
         return gx, gw, gb, None, None, None, None, None
 
 
@@ -123,23 +128,25 @@ class _IntGroupedConv1dSTE(torch.autograd.Function):
         ctx.conv_args = conv_args
         ctx.x_shape = x.shape
         ctx.has_bias = bias is not None
-        return y
+        ctx.dtypes = x.dtype, w.dtype
+        return y.to(_out_dtype(x))
 
     @staticmethod
     def backward(ctx, g):
         qxg, sx, mx, qw, sw = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conv_args
+        x_dtype, w_dtype = ctx.dtypes
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            gx = conv1d_input(
-                ctx.x_shape, dequantize(qw, sw), g, stride, padding, dilation, groups
-            )
-            gx = gx * mx.reshape(ctx.x_shape)
+            w_dq = dequantize(qw, sw).to(g.dtype)
+            gx = conv1d_input(ctx.x_shape, w_dq, g, stride, padding, dilation, groups)
+            gx = (gx * mx.reshape(ctx.x_shape)).to(x_dtype)
         if ctx.needs_input_grad[1]:
-            dqx = dequantize(qxg, sx).reshape(ctx.x_shape)
+            dqx = dequantize(qxg, sx).reshape(ctx.x_shape).to(g.dtype)
             gw = conv1d_weight(dqx, qw.shape, g, stride, padding, dilation, groups)
+            gw = gw.to(w_dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = g.sum((0, 2))
+            gb = g.sum((0, 2)).to(w_dtype)
         return gx, gw, gb, None, None, None, None, None, None
 
 
@@ -161,23 +168,27 @@ class _IntConv2dSTE(torch.autograd.Function):
         ctx.save_for_backward(qx, sx, mx, qw, sw)
         ctx.conv_args = conv_args
         ctx.has_bias = bias is not None
-        return y
+        ctx.dtypes = x.dtype, w.dtype
+        return y.to(_out_dtype(x))
 
     @staticmethod
     def backward(ctx, g):
         qx, sx, mx, qw, sw = ctx.saved_tensors
         stride, padding, dilation = ctx.conv_args
+        x_dtype, w_dtype = ctx.dtypes
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            w_dq = dequantize(qw, sw.reshape(-1, 1, 1, 1))
+            w_dq = dequantize(qw, sw.reshape(-1, 1, 1, 1)).to(g.dtype)
             gx = conv2d_input(qx.shape, w_dq, g, stride, padding, dilation)
             if mx is not None:
                 gx = gx * mx
+            gx = gx.to(x_dtype)
         if ctx.needs_input_grad[1]:
-            x_dq = dequantize(qx, sx)
+            x_dq = dequantize(qx, sx).to(g.dtype)
             gw = conv2d_weight(x_dq, qw.shape, g, stride, padding, dilation)
+            gw = gw.to(w_dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = g.sum((0, 2, 3))
+            gb = g.sum((0, 2, 3)).to(w_dtype)
         return gx, gw, gb, None, None, None, None, None, None
 
 
@@ -244,9 +255,34 @@ class _QuantMixin:
         return f"W{w}A{a}"
 
 
-def _check_float32(name: str, x: torch.Tensor) -> None:
-    if x.dtype != torch.float32:
-        raise TypeError(f"{name}: quantized modules take float32 input, got {x.dtype}")
+INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _check_input(name: str, x: torch.Tensor) -> None:
+    if x.dtype not in INPUT_DTYPES:
+        raise TypeError(
+            f"{name}: quantized modules take float32, bfloat16 or float16 input, "
+            f"got {x.dtype}"
+        )
+
+
+def _amp_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The autocast dtype in force on ``x``'s device, or None."""
+    dev = x.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+
+
+def _out_dtype(x: torch.Tensor) -> torch.dtype:
+    """Output dtype of a quantized op: the autocast dtype, else the input's."""
+    amp = _amp_dtype(x)
+    return amp if amp is not None else x.dtype
+
+
+def _float_input(x: torch.Tensor) -> torch.Tensor:
+    """Input of a float op with (fake-)quantized float32 operands: autocast casts
+    the operands itself; without autocast a bfloat16/float16 input is computed in
+    float32."""
+    return x if _amp_dtype(x) is not None else x.float()
 
 
 # --------------------------------------------------------------------------- linear
@@ -259,20 +295,23 @@ def _linear_q(x2d, w2d, bias, p: Precision, act_bits, a_scale):
         return _IntLinearSTE.apply(
             x2d, w2d, bias, act_bits, wb, _a_keep(p), _w_keep(p), a_scale
         )
-    x2d = fake_quant(x2d, act_bits, _a_keep(p), a_scale)
-    return F.linear(x2d, fake_quant(w2d, wb, _w_keep(p)), bias)
+    out = _out_dtype(x2d)
+    x2d = fake_quant(_float_input(x2d), act_bits, _a_keep(p), a_scale)
+    return F.linear(x2d, fake_quant(w2d, wb, _w_keep(p)), bias).to(out)
 
 
 def _linear_int(x2d, qw, sw, w_float, bias, p: Precision, act_bits, a_scale):
     """Serving linear: qw (N, K) int8 and sw, or w_float (N, K) when weights are float."""
+    out = _out_dtype(x2d)
     if act_bits is not None and qw is not None:
         qx, sx = quantize(x2d, act_bits, _a_keep(p), a_scale)
-        return int_linear(qx, sx, qw, sw, bias)
+        return int_linear(qx, sx, qw, sw, bias).to(out)
+    x2d = _float_input(x2d)
     if act_bits is not None:
         qx, sx = quantize(x2d, act_bits, _a_keep(p), a_scale)
         x2d = dequantize(qx, sx)
     w = dequantize(qw, sw) if qw is not None else w_float
-    return F.linear(x2d, w, bias)
+    return F.linear(x2d, w, bias).to(out)
 
 
 class QATLinear(_QuantMixin, nn.Linear):
@@ -302,7 +341,7 @@ class QATLinear(_QuantMixin, nn.Linear):
             self._observe(x)
         if not self.quant_enabled or self.observing:
             return F.linear(x, self.weight, self.bias)
-        _check_float32(self.qname, x)
+        _check_input(self.qname, x)
         x2d = x.reshape(-1, self.in_features)
         y = _linear_q(
             x2d,
@@ -388,7 +427,7 @@ class QATConv1d(_QuantMixin, nn.Conv1d):
             self._observe(x)
         if not self.quant_enabled or self.observing:
             return super().forward(x)
-        _check_float32(self.qname, x)
+        _check_input(self.qname, x)
         p, ab, wb = self.precision, self.act_bits, self.weight_bits
         stride, padding, dilation, groups = self._args()
         n_out = self.out_channels
@@ -415,6 +454,8 @@ class QATConv1d(_QuantMixin, nn.Conv1d):
                 self._act_scale(4),
                 self._args(),
             )
+        out = _out_dtype(x)
+        x = _float_input(x)
         if ab is not None:  # grouped, activation-only
             N, C, T = x.shape
             xg = fake_quant(
@@ -427,7 +468,7 @@ class QATConv1d(_QuantMixin, nn.Conv1d):
         w = fake_quant(self.weight.reshape(n_out, -1), wb, _w_keep(p)).reshape(
             self.weight.shape
         )
-        return F.conv1d(x, w, self.bias, stride, padding, dilation, groups)
+        return F.conv1d(x, w, self.bias, stride, padding, dilation, groups).to(out)
 
 
 class QATConv2d(_QuantMixin, nn.Conv2d):
@@ -456,7 +497,7 @@ class QATConv2d(_QuantMixin, nn.Conv2d):
             self._observe(x)
         if not self.quant_enabled or self.observing:
             return super().forward(x)
-        _check_float32(self.qname, x)
+        _check_input(self.qname, x)
         p, n_out = self.precision, self.out_channels
         ab, wb = self.act_bits, self.weight_bits
         conv_args = (self.stride, self.padding, self.dilation)
@@ -472,9 +513,11 @@ class QATConv2d(_QuantMixin, nn.Conv2d):
                 self._act_scale(4),
                 conv_args,
             )
-        x = fake_quant(x, ab, _a_keep(p), self._act_scale(4))
+        out = _out_dtype(x)
+        x = fake_quant(_float_input(x), ab, _a_keep(p), self._act_scale(4))
         w = fake_quant(self.weight.reshape(n_out, -1), wb, _w_keep(p))
-        return F.conv2d(x, w.reshape(self.weight.shape), self.bias, *conv_args)
+        y = F.conv2d(x, w.reshape(self.weight.shape), self.bias, *conv_args)
+        return y.to(out)
 
 
 # --------------------------------------------------------------------------- embedding
@@ -595,7 +638,7 @@ class IntLinear(_IntBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n_out, K = self.weight_shape
         assert x.shape[-1] == K, (self.qname, x.shape)
-        _check_float32(self.qname, x)
+        _check_input(self.qname, x)
         y = _linear_int(
             x.reshape(-1, K),
             self.int_weight(),
@@ -623,7 +666,7 @@ class IntConv1d(_IntBase):
         n_out, Cg, k = self.weight_shape
         stride, padding, dilation, groups = self.conv_args
         assert x.ndim == 3 and x.shape[1] == Cg * groups, (self.qname, x.shape)
-        _check_float32(self.qname, x)
+        _check_input(self.qname, x)
         p, ab = self.precision, self.act_bits
         qw = self.int_weight()
         if groups == 1 and ab is not None:
@@ -640,6 +683,8 @@ class IntConv1d(_IntBase):
             )
             return y.reshape(x.shape[0], L, n_out).transpose(1, 2)
         N, C, T = x.shape
+        out = _out_dtype(x)
+        x = _float_input(x)
         if ab is not None:
             qxg, sx = quantize(
                 x.reshape(N, groups, C // groups, T),
@@ -648,7 +693,7 @@ class IntConv1d(_IntBase):
                 self._act_scale(4),
             )
             if qw is not None:
-                return int_grouped_conv1d(
+                y = int_grouped_conv1d(
                     qxg.reshape(N, C, T),
                     sx,
                     qw.reshape(self.weight_shape),
@@ -661,6 +706,7 @@ class IntConv1d(_IntBase):
                     dilation,
                     groups,
                 )
+                return y.to(out)
             x = dequantize(qxg, sx).reshape(N, C, T)
         w = dequantize(qw, self.w_scale) if qw is not None else self.weight
         return F.conv1d(
@@ -671,7 +717,7 @@ class IntConv1d(_IntBase):
             padding,
             dilation,
             groups,
-        )
+        ).to(out)
 
 
 class IntConv2d(_IntBase):
@@ -687,9 +733,10 @@ class IntConv2d(_IntBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, stride, padding, dilation = self.conv_args
         assert x.ndim == 4 and x.shape[1] == self.weight_shape[1], (self.qname, x.shape)
-        _check_float32(self.qname, x)
+        _check_input(self.qname, x)
         p, ab = self.precision, self.act_bits
         qw = self.int_weight()
+        out = _out_dtype(x)
         if ab is not None and qw is not None:
             qx, sx = quantize(x, ab, _a_keep(p), self._act_scale(4))
             return int_conv2d(
@@ -701,14 +748,15 @@ class IntConv2d(_IntBase):
                 stride,
                 padding,
                 dilation,
-            )
+            ).to(out)
+        x = _float_input(x)
         if ab is not None:
             qx, sx = quantize(x, ab, _a_keep(p), self._act_scale(4))
             x = dequantize(qx, sx)
         w = dequantize(qw, self.w_scale) if qw is not None else self.weight
         return F.conv2d(
             x, w.reshape(self.weight_shape), self.bias, stride, padding, dilation
-        )
+        ).to(out)
 
 
 class IntEmbedding(_IntBase):

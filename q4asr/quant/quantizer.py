@@ -71,7 +71,8 @@ def quantize(
     """Quantize ``x`` to ``bits`` bits.
 
     Args:
-      x: float32, any shape.
+      x: float32 (bfloat16 and float16 are converted to float32 first, exactly),
+        any shape.
       bits: 2..8.
       keep_dims: see :func:`compute_scale`; ignored when ``scale`` is given.
       scale: a fixed scale broadcastable to ``x`` (static quantization).
@@ -81,6 +82,8 @@ def quantize(
       ``[-qmax, qmax]``; ``scale`` float32 broadcastable to ``x``.
     """
     qmax = qmax_for(bits)
+    if x.dtype != torch.float32:  # bfloat16/float16 values are exact in float32
+        x = x.float()
     if scale is None:
         scale = compute_scale(x, bits, keep_dims)
     r = x.detach() / scale  # a new tensor: round and clamp in place
@@ -103,12 +106,13 @@ class FakeQuantSTE(torch.autograd.Function):
     def forward(ctx, x, bits, keep_dims, scale):  # noqa: D401
         q, s, mask = quantize(x, bits, keep_dims, scale, return_mask=True)
         ctx.save_for_backward(mask)
-        return dequantize(q, s)
+        ctx.x_dtype = x.dtype
+        return dequantize(q, s)  # float32 whatever the input dtype
 
     @staticmethod
     def backward(ctx, grad):
         (mask,) = ctx.saved_tensors
-        return grad * mask, None, None, None
+        return (grad * mask).to(ctx.x_dtype), None, None, None
 
 
 def fake_quant(

@@ -5,6 +5,7 @@ DDP on two CPU processes, bad utterances, QAT from a float checkpoint, config er
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -293,6 +294,37 @@ def test_qat_from_float_checkpoint(reference, tiny_corpus, tmp_path):
     for k, v in init.items():
         if v.is_floating_point():
             torch.testing.assert_close(final["model"][k], v, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_qat_mixed_precision_training_and_resume(amp, reference, tiny_corpus, tmp_path):
+    """QAT under autocast on the CPU (bf16, or fp16 with a gradient scaler whose
+    state is checkpointed and restored on resume); auto is float32 on a CPU."""
+    _, ref_exp = reference
+    summary = json.loads((ref_exp / "train_summary.json").read_text())
+    assert summary["amp"] == "off"  # train.amp: auto, on a CPU
+    plan = tmp_path / "w4a8.yaml"
+    plan.write_text("default: {weight_bits: 4, act_bits: 8}\n")
+    exp = tmp_path / "exp"
+    config = _config(tmp_path, max_steps=6, checkpoint_every=3, valid_every=3)
+    common = ["--plan", str(plan), "--init-from", str(ref_exp / "final.pt")]
+    common += ["--set", f"train.amp={amp}"]
+    args = _args(tiny_corpus, config, exp, *common)
+    assert train.main([*args, "--max-steps", "3"]) == 0
+    ckpt = load_checkpoint(exp / "checkpoint-3.pt")
+    if amp == "fp16":
+        assert ckpt["grad_scaler"]["scale"] > 0
+    else:
+        assert ckpt["grad_scaler"] is None
+    assert train.main(args) == 0  # resumes from checkpoint-3
+    summary = json.loads((exp / "train_summary.json").read_text())
+    assert summary["steps"] == 6
+    assert summary["amp"] == {"bf16": "bfloat16", "fp16": "float16"}[amp]
+    assert all(math.isfinite(v) for v in summary["final_valid"].values())
+    final = load_checkpoint(exp / "final.pt")["model"]
+    assert all(
+        v.dtype != torch.bfloat16 and v.dtype != torch.float16 for v in final.values()
+    )
 
 
 def test_config_errors_name_the_field(tiny_corpus, tmp_path, capfd):

@@ -140,3 +140,59 @@ def test_convert_twice_and_prepare_twice_refused(tiny_net):
     convert(model)
     with pytest.raises(PlanError, match="already converted"):
         convert(model)
+
+
+def _devices():
+    return ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+@pytest.mark.parametrize("device", _devices())
+@pytest.mark.parametrize("amp", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", sorted(PLANS))
+def test_qat_convert_parity_under_autocast(name, amp, device, tiny_net, tiny_batch):
+    """QAT trains under autocast (float32 master weights, gradients of every
+    parameter finite and float32), and the converted model's output under the same
+    autocast equals the QAT model's exactly, in the autocast dtype."""
+    plan = PrecisionPlan.from_dict(PLANS[name])
+    model = prepare(tiny_net, plan).to(device)
+    batch = [t.to(device) for t in tiny_batch]
+    if name == "mixed":
+        calibrate(model, lambda m: m(*batch))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    for _ in range(2):
+        with torch.autocast(device, dtype=amp):
+            y = model(*batch)
+            assert y.dtype == amp
+            loss = y.float().pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        for p in model.parameters():
+            assert p.dtype == torch.float32 and p.grad.dtype == torch.float32
+            assert torch.isfinite(p.grad).all()
+        opt.step()
+    model.eval()
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(0, 20, (2, 17), generator=g).to(device)
+    feats = torch.randn(2, 1, 15, 11, generator=g).to(device)
+    with torch.no_grad(), torch.autocast(device, dtype=amp):
+        y_qat = model(ids, feats)
+        y_int = convert(model)(ids, feats)
+    assert y_qat.dtype == y_int.dtype == amp
+    torch.testing.assert_close(y_int, y_qat, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["w4a8", "w4afloat"])
+def test_low_precision_input_without_autocast(name, tiny_net, tiny_batch):
+    """A bfloat16 input without autocast is computed in float32 and returned in
+    bfloat16, by the QAT and the integer module alike."""
+    plan = PrecisionPlan.from_dict(PLANS[name])
+    model = prepare(tiny_net, plan).eval()
+    x = torch.randn(5, 32).bfloat16()
+    with torch.no_grad():
+        y_qat = model.ff(x)
+        y_f32 = model.ff(x.float())
+        y_int = convert(model).ff(x)
+    assert y_qat.dtype == y_int.dtype == torch.bfloat16
+    assert torch.equal(y_qat, y_int) and torch.equal(y_qat, y_f32.bfloat16())
+    with pytest.raises(TypeError, match="ff: quantized modules take float32"):
+        model.ff(x.double())
