@@ -222,8 +222,10 @@ def mux_cuts(
         weights = list(hours.values())
     if len(weights) != len(paths):
         raise ValueError(f"mux_cuts: {len(weights)} weights for {len(paths)} inputs")
-    muxed = CutSet.mux(
-        *[CutSet.from_jsonl_lazy(p) for p in paths], weights=list(weights), seed=seed
+    sets = [CutSet.from_jsonl_lazy(p) for p in paths]
+    # lhotse's mux needs two or more inputs; one is copied as it is
+    muxed = (
+        CutSet.mux(*sets, weights=list(weights), seed=seed) if len(sets) > 1 else sets[0]
     )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,10 @@
 """Fbank cuts: shapes, resampling of other rates, unreadable audio skipped."""
 
 import logging
+from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 from lhotse import (
     Recording,
@@ -67,3 +69,24 @@ def test_corrupt_audio_skipped_and_other_rates_resampled(tmp_path, caplog):
     assert f16.shape == f8.shape == (100, 80)
     # the 440 Hz tone peaks in the same mel bin whatever the source rate
     assert f16[50].argmax() == f8[50].argmax()
+
+
+def test_mux_cuts_one_or_several_inputs(tiny_corpus, tmp_path):
+    from lhotse import CutSet
+
+    from q4asr.data.features import mux_cuts
+
+    train, dev = tiny_corpus.cuts["train"], tiny_corpus.cuts["dev"]
+    ids = {p: [c.id for c in CutSet.from_jsonl_lazy(p)] for p in (train, dev)}
+    one = mux_cuts([train], tmp_path / "one.jsonl.gz")
+    assert list(one) == [str(train)]
+    got = [c.id for c in CutSet.from_jsonl_lazy(tmp_path / "one.jsonl.gz")]
+    assert got == ids[train]
+    mux_cuts([train, dev], tmp_path / "two.jsonl.gz")
+    got = [c.id for c in CutSet.from_jsonl_lazy(tmp_path / "two.jsonl.gz")]
+    assert sorted(got) == sorted(ids[train] + ids[dev])
+    copy = tmp_path / "copy.jsonl.gz"
+    copy.write_bytes(Path(train).read_bytes())
+    with pytest.raises(ValueError, match="occurs twice"):
+        mux_cuts([train, copy], tmp_path / "dup.jsonl.gz")
+    assert not (tmp_path / "dup.jsonl.gz").exists()
