@@ -255,6 +255,51 @@ def model_state_from(path: str | Path) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------ training
 
 
+def train_step(
+    model: torch.nn.Module,
+    batch: tuple[torch.Tensor, torch.Tensor, list[list[int]]],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    amp: torch.dtype | None,
+    grad_clip: float | None,
+    warmup: float,
+) -> tuple[dict[str, Any], float]:
+    """One optimisation step on one batch; returns the model's outputs and the
+    gradient norm (before clipping).
+
+    batch: feats (N, T, F) float and feat_lens (N,) int64 on the model's device, and
+    N token id lists. The forward runs under autocast in ``amp`` (None: float32); the
+    loss summed over the batch is divided by N. The update is skipped when the
+    gradient is not finite (by ``scaler`` when fp16 loss scaling is on).
+    """
+    feats, lens, tokens = batch
+    with torch.autocast(feats.device.type, dtype=amp, enabled=amp is not None):
+        out = model(feats, lens, tokens, warmup=warmup)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(out["loss"] / feats.shape[0]).backward()
+    scaler.unscale_(optimizer)  # a no-op unless fp16 loss scaling is on
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    if grad_clip is not None:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+    else:
+        grad_norm = float(
+            torch.sqrt(
+                sum(
+                    (p.grad.detach().double() ** 2).sum()
+                    for p in params
+                    if p.grad is not None
+                )
+            )
+        )
+    if scaler.is_enabled():
+        # skips the update on inf/nan gradients and lowers the loss scale
+        scaler.step(optimizer)
+        scaler.update()
+    elif math.isfinite(grad_norm):
+        optimizer.step()
+    return out, grad_norm
+
+
 def train(args: argparse.Namespace) -> dict[str, Any] | None:
     """Run training; returns the summary dict on rank 0 (None on other ranks)."""
     cfg = build_config(args)
@@ -537,35 +582,17 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
             if augment is not None:
                 feats = augment(feats, lens)
             set_quant(quant_on(step))
-            with autocast():
-                out = ddp_model(
-                    feats.to(device), lens.to(device), tokens, warmup=warmup_value(step)
-                )
+            out, grad_norm = train_step(
+                ddp_model,
+                (feats.to(device), lens.to(device), tokens),
+                optimizer,
+                scaler,
+                amp,
+                tc.grad_clip,
+                warmup_value(step),
+            )
             loss = out["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss / n).backward()
-            scaler.unscale_(optimizer)  # a no-op unless fp16 loss scaling is on
-            if tc.grad_clip is not None:
-                grad_norm = float(
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                )
-            else:
-                grad_norm = float(
-                    torch.sqrt(
-                        sum(
-                            (p.grad.detach().double() ** 2).sum()
-                            for p in model.parameters()
-                            if p.grad is not None
-                        )
-                    )
-                )
-            if scaler.is_enabled():
-                # skips the update on inf/nan gradients and lowers the loss scale
-                scaler.step(optimizer)
-                scaler.update()
-            elif math.isfinite(grad_norm):
-                optimizer.step()
-            else:
+            if not scaler.is_enabled() and not math.isfinite(grad_norm):
                 log.warning(
                     "step %d: non-finite gradient norm, update skipped (cuts %s)",
                     step,
