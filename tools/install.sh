@@ -10,7 +10,8 @@
 #   cached in $Q4ASR_CACHE (default ~/.cache/q4asr) so it is built once per machine
 # - the Debian packages the recipes need (sox, TTS engines, wordnet), when running as root
 #
-# --cuda builds fast_rnnt with CUDA (needs nvcc and a CUDA build of torch); CPU otherwise.
+# --cuda builds fast_rnnt with CUDA for the GPUs present, or for TORCH_CUDA_ARCH_LIST
+# (needs nvcc and a CUDA build of torch; see tools/build_fast_rnnt.sh); CPU otherwise.
 set -euo pipefail
 
 cuda=false
@@ -72,27 +73,7 @@ fi
 
 # 3. fast_rnnt (k2 has no PyPI build for current torch; see README).
 if ! $py -c "import fast_rnnt" 2>/dev/null; then
-  flavour=cpu; $cuda && flavour=cuda
-  torch_v=$($py -c "import torch; print(torch.__version__.split('+')[0])")
-  py_v=$($py -c "import sys; print(f'{sys.version_info[0]}{sys.version_info[1]}')")
-  cache="${Q4ASR_CACHE:-$HOME/.cache/q4asr}/wheels/fast_rnnt-1.3-$flavour-torch$torch_v-py$py_v"
-  if ! ls "$cache"/fast_rnnt-*.whl >/dev/null 2>&1; then
-    log "building fast_rnnt 1.3 ($flavour) from source; about 75 s on 2 cores"
-    src=$(mktemp -d)
-    trap 'rm -rf "$src"' EXIT
-    $py -m pip download -q --no-deps --no-binary :all: pybind11==3.0.4 fast-rnnt==1.3 -d "$src"
-    tar xzf "$src"/pybind11-3.0.4.tar.gz -C "$src"
-    with_cuda=OFF; $cuda && with_cuda=ON
-    inc=$($py -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
-    export FT_CMAKE_ARGS="-DCMAKE_BUILD_TYPE=Release -DFT_BUILD_TESTS=OFF -DFT_WITH_CUDA=$with_cuda \
-      -DCMAKE_CXX_STANDARD=17 -DCMAKE_CXX_FLAGS=-I$inc \
-      -DFETCHCONTENT_SOURCE_DIR_PYBIND11=$src/pybind11-3.0.4 -DFETCHCONTENT_FULLY_DISCONNECTED=ON"
-    export FT_MAKE_ARGS="-j$(nproc)"
-    mkdir -p "$cache"
-    $py -m pip wheel -q --no-build-isolation --no-deps "$src"/fast_rnnt-1.3.tar.gz -w "$cache.tmp"
-    mv "$cache.tmp"/fast_rnnt-*.whl "$cache"/ && rmdir "$cache.tmp"
-  fi
-  $py -m pip install -q --no-deps "$cache"/fast_rnnt-*.whl
+  if $cuda; then tools/build_fast_rnnt.sh --cuda; else tools/build_fast_rnnt.sh; fi
 fi
 
 $py -c "import q4asr, lhotse, sentencepiece, jiwer, yaml, fast_rnnt" \
