@@ -8,7 +8,28 @@ save_quantized("model.int.safetensors", model, {"model_config": json.dumps(cfg)}
 """
 
 from q4asr.quant.config import PlanError, Precision, PrecisionPlan, Rule, load_plan
-from q4asr.quant.convert import calibrate, convert, prepare, set_quant_mode
+from q4asr.quant.convert import (
+    calibrate,
+    convert,
+    prepare,
+    set_quant_mode,
+    unprepare,
+)
+from q4asr.quant.integer import (
+    QAT_TO_INT,
+    IntConv1d,
+    IntConv2d,
+    IntEmbedding,
+    IntLinear,
+    IntModule,
+)
+from q4asr.quant.qat import (
+    FLOAT_TO_QAT,
+    QATConv1d,
+    QATConv2d,
+    QATEmbedding,
+    QATLinear,
+)
 from q4asr.quant.serialize import (
     format_size_table,
     load_quantized,
@@ -25,6 +46,7 @@ __all__ = [
     "Rule",
     "load_plan",
     "prepare",
+    "unprepare",
     "calibrate",
     "convert",
     "set_quant_mode",
@@ -34,4 +56,15 @@ __all__ = [
     "size_report_json",
     "size_total",
     "format_size_table",
+    "FLOAT_TO_QAT",
+    "QAT_TO_INT",
+    "QATLinear",
+    "QATConv1d",
+    "QATConv2d",
+    "QATEmbedding",
+    "IntModule",
+    "IntLinear",
+    "IntConv1d",
+    "IntConv2d",
+    "IntEmbedding",
 ]

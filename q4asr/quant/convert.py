@@ -1,5 +1,5 @@
-"""Model-level operations: prepare (float -> QAT), calibrate (PTQ), set_quant_mode,
-convert (QAT -> integer).
+"""Model-level operations: prepare (float -> QAT), unprepare (QAT -> float),
+calibrate (PTQ), set_quant_mode, convert (QAT -> integer).
 
 The plan a model was prepared with is kept on the root module as
 ``model.q4asr_plan`` (a :class:`PrecisionPlan`), so that conversion and
@@ -13,8 +13,10 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from q4asr.quant.base import QuantModule
 from q4asr.quant.config import PlanError, PrecisionPlan
-from q4asr.quant.modules import INT_MODULES, QAT_MODULES, _IntBase, _QuantMixin
+from q4asr.quant.integer import QAT_TO_INT, IntModule
+from q4asr.quant.qat import FLOAT_TO_QAT
 
 PLAN_ATTR = "q4asr_plan"
 
@@ -44,18 +46,18 @@ def prepare(model: nn.Module, plan: PrecisionPlan) -> nn.Module:
             f"prepare: plan must be a PrecisionPlan, got {type(plan).__name__}"
         )
     named = _named(model)
-    if any(isinstance(m, (_QuantMixin,)) for _, m in named):
+    if any(isinstance(m, QuantModule) for _, m in named):
         raise PlanError("prepare: model already holds QAT or integer modules")
     names_types = [(n, type(m)) for n, m in named if n]
-    if isinstance(model, tuple(QAT_MODULES)) and not named[0][0]:
+    if isinstance(model, tuple(FLOAT_TO_QAT)) and not named[0][0]:
         names_types.insert(0, ("", type(model)))
-    assignment = plan.assign(names_types, set(QAT_MODULES))
+    assignment = plan.assign(names_types, set(FLOAT_TO_QAT))
     modules = dict(named)
     for name, precision in assignment.items():
         mod = modules[name]
         if isinstance(mod, nn.Embedding) and precision.weight_bits is None:
             continue  # embeddings quantize weights only
-        qat_cls = QAT_MODULES[type(mod)]
+        qat_cls = FLOAT_TO_QAT[type(mod)]
         try:
             new = qat_cls.from_float(mod, precision, name or type(mod).__name__)
         except ValueError as e:
@@ -69,7 +71,22 @@ def prepare(model: nn.Module, plan: PrecisionPlan) -> nn.Module:
 
 
 def qat_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.named_modules() if type(m) in INT_MODULES]
+    return [(n, m) for n, m in model.named_modules() if type(m) in QAT_TO_INT]
+
+
+def unprepare(model: nn.Module) -> nn.Module:
+    """The inverse of :func:`prepare`: every QAT module back to its float module,
+    sharing the same Parameters (e.g. to export a QAT-trained model in float, or
+    to train on in float). In place; returns the model."""
+    for name, mod in qat_modules(model):
+        new = mod.to_float()
+        if name:
+            _set_child(model, name, new)
+        else:
+            model = new
+    if hasattr(model, PLAN_ATTR):
+        delattr(model, PLAN_ATTR)
+    return model
 
 
 def set_quant_mode(model: nn.Module, enabled: bool) -> nn.Module:
@@ -115,20 +132,27 @@ def calibrate(model: nn.Module, run_batches: Callable[[nn.Module], None]) -> nn.
 
 
 @torch.no_grad()
-def convert(model: nn.Module) -> nn.Module:
-    """Replace QAT modules by integer modules (int8 / packed int4 weights + float
+def convert(model: nn.Module, weights: bool = True) -> nn.Module:
+    """Replace QAT modules by integer modules (int8 / packed int4 weights + bfloat16
     scales). In place; returns the model (a new object only when the root is a QAT
     module). The result is in eval mode and computes exactly what the QAT model
-    computes in eval mode."""
+    computes in eval mode.
+
+    ``weights=False`` builds empty integer modules of the right shapes and
+    precisions (on the QAT weights' device, e.g. ``meta``) without reading or
+    quantizing any weight: the skeleton that a model file is loaded into."""
     plan = getattr(model, PLAN_ATTR, None)
     named = _named(model)
-    if any(isinstance(m, _IntBase) for _, m in named):
+    if any(isinstance(m, IntModule) for _, m in named):
         raise PlanError("convert: model is already converted")
     for name, mod in named:
-        int_cls = INT_MODULES.get(type(mod))
+        int_cls = QAT_TO_INT.get(type(mod))
         if int_cls is None:
             continue
-        new = int_cls.from_qat(mod)
+        if weights:
+            new = int_cls.from_qat(mod)
+        else:
+            new = int_cls.like(mod, device=mod.weight.device)
         if name:
             _set_child(model, name, new)
         else:

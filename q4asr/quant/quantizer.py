@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import torch
 
+# Stored weight scales are bfloat16 (float32's range, so no scale under- or overflows).
+SCALE_DTYPE = torch.bfloat16
+
 # Smallest amax used to form a scale: an all-zero row gets scale EPS / qmax and
 # quantizes to zeros instead of dividing by zero.
 EPS = 1e-12
@@ -93,6 +96,23 @@ def quantize(
     return (q, scale, mask) if return_mask else (q, scale)
 
 
+def weight_scale(
+    w: torch.Tensor, bits: int, keep_dims: tuple[int, ...] | None
+) -> torch.Tensor:
+    """The scale of a weight: ``max|w| / qmax`` rounded to bfloat16, the dtype it is
+    stored in (half the bytes of float32 per output channel), returned as float32.
+    QAT quantizes with this rounded scale too, so the stored model is what was
+    trained."""
+    return compute_scale(w, bits, keep_dims).to(SCALE_DTYPE).float()
+
+
+def quantize_weight(
+    w: torch.Tensor, bits: int, keep_dims: tuple[int, ...] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``quantize`` with :func:`weight_scale`: (q int8, scale float32)."""
+    return quantize(w, bits, keep_dims, weight_scale(w, bits, keep_dims))
+
+
 def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``q * scale`` in float32. q: int8 (any shape), scale: broadcastable float32."""
     return q.to(torch.float32) * scale
@@ -125,3 +145,12 @@ def fake_quant(
     if bits is None:
         return x
     return FakeQuantSTE.apply(x, bits, keep_dims, scale)
+
+
+def fake_quant_weight(
+    w: torch.Tensor, bits: int | None, keep_dims: tuple[int, ...] | None
+) -> torch.Tensor:
+    """:func:`fake_quant` of a weight with its stored (:func:`weight_scale`) scale."""
+    if bits is None:
+        return w
+    return FakeQuantSTE.apply(w, bits, keep_dims, weight_scale(w, bits, keep_dims))

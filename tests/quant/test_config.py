@@ -3,8 +3,16 @@
 import pytest
 import torch.nn as nn
 
-from q4asr.quant import PlanError, Precision, PrecisionPlan, load_plan, prepare
-from q4asr.quant.modules import QATConv1d, QATEmbedding, QATLinear
+from q4asr.quant import (
+    PlanError,
+    Precision,
+    PrecisionPlan,
+    QATConv1d,
+    QATEmbedding,
+    QATLinear,
+    load_plan,
+    prepare,
+)
 
 W4A8 = {
     "default": {"weight_bits": 4, "act_bits": 8},

@@ -5,16 +5,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from q4asr.quant import Precision, PrecisionPlan, prepare, set_quant_mode
-from q4asr.quant.modules import (
+from q4asr.quant import (
     IntConv2d,
     IntLinear,
+    Precision,
+    PrecisionPlan,
     QATConv1d,
     QATConv2d,
     QATEmbedding,
     QATLinear,
+    prepare,
+    set_quant_mode,
 )
-from q4asr.quant.quantizer import fake_quant
+from q4asr.quant.quantizer import fake_quant, fake_quant_weight
 
 
 def test_mode_switch_and_to_float():
@@ -64,7 +67,7 @@ def test_linear_ste_matches_fake_quant_reference(wb, ab):
         lin.bias,
         ab,
         wb,
-        lambda x, w, b: F.linear(fake_quant(x, ab, (0, 1)), fake_quant(w, wb, (0,)), b),
+        lambda x, w, b: F.linear(fake_quant(x, ab, (0, 1)), fake_quant_weight(w, wb, (0,)), b),
     )
     y2.backward(g)
     torch.testing.assert_close(y, y2, rtol=1e-5, atol=1e-5)
@@ -89,7 +92,7 @@ def test_depthwise_conv_ste_matches_reference():
         4,
         # per sample, per channel over time (depthwise: group = channel)
         lambda x, w, b: F.conv1d(
-            fake_quant(x, 8, (0, 1)), fake_quant(w, 4, (0,)), b, 1, 2, 1, 8
+            fake_quant(x, 8, (0, 1)), fake_quant_weight(w, 4, (0,)), b, 1, 2, 1, 8
         ),
     )
     y2.backward(g)
@@ -120,7 +123,7 @@ def test_embedding_quantizes_weights_per_row():
     q = QATEmbedding.from_float(emb, Precision(4, 8), "emb")
     ids = torch.tensor([[1, 2, 3]])
     out = q(ids)
-    ref = fake_quant(emb.weight, 4, (0,))[ids]
+    ref = fake_quant_weight(emb.weight, 4, (0,))[ids]
     assert torch.equal(out, ref)
     assert len(torch.unique(out[0, 0])) <= 15  # at most 2*7+1 levels in a row
 
@@ -144,7 +147,7 @@ def test_conv2d_ste_matches_reference(wb, ab, cin, pad):
         ab,
         wb,
         lambda x, w, b: F.conv2d(
-            fake_quant(x, ab, (0,)), fake_quant(w, wb, (0,)), b, 2, pad
+            fake_quant(x, ab, (0,)), fake_quant_weight(w, wb, (0,)), b, 2, pad
         ),
     )
     y2.backward(g)
@@ -170,17 +173,17 @@ def test_conv2d_static_scale_clips_and_masks_gradient():
     assert x.grad[0, 0, 0, 1] == 0 and x.grad[0, 0, 1, 1] == 0
 
 
-def test_int4_weight_cache_follows_qweight():
-    """The unpacked int4 weight is cached, and a changed qweight is noticed."""
+def test_int4_weight_is_read_from_qweight_at_each_call():
+    """The integer module keeps no unpacked copy: a changed qweight is used."""
     torch.manual_seed(4)
     q = QATLinear.from_float(nn.Linear(9, 5), Precision(4, 8), "lin")
     m = IntLinear.from_qat(q)
+    assert m.qweight.dtype == torch.uint8 and m.qweight.shape == (5, 5)
     x = torch.randn(4, 9)
     with torch.no_grad():
         y = m(x)
-        assert m.int_weight() is m.int_weight()  # cached
-        m.qweight.zero_()  # in place: bumps the version counter
-        assert torch.count_nonzero(m.int_weight()) == 0
+        m.qweight.zero_()
         assert torch.count_nonzero(m(x) - m.bias) == 0
         m.load_state_dict({**m.state_dict(), "qweight": IntLinear.from_qat(q).qweight})
         assert torch.equal(m(x), y)
+    assert not any(isinstance(v, torch.Tensor) for v in vars(m).values())

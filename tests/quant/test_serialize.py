@@ -66,15 +66,23 @@ def test_size_report_rows_and_formats(tmp_path):
     by = {r["name"]: r for r in rows}
     assert by["0"]["params"] == 64 * 256 + 256 and by["0"]["weight_bits"] == 4
     assert by["0"]["act_bits"] == 8
-    # int4: half a byte per weight + float32 scale and bias per output
-    assert by["0"]["bytes"] == 64 * 256 // 2 + 256 * 4 + 256 * 4
+    # int4: half a byte per weight + a bfloat16 scale and a float32 bias per output
+    assert by["0"]["bytes"] == 64 * 256 // 2 + 256 * 2 + 256 * 4
+    assert (by["0"]["weights"], by["0"]["scales"]) == (64 * 256 // 2, 256 * 2)
+    assert by["0"]["biases"] == 256 * 4 and by["0"]["float_layers"] == 0
     assert by["2"]["weight_bits"] == 8 and by["2"]["act_bits"] == "float"
-    assert by["2"]["bytes"] == 256 * 64 + 64 * 4 + 64 * 4
+    assert by["2"]["bytes"] == 256 * 64 + 64 * 2 + 64 * 4
     table = format_size_table(rows)
-    assert table.splitlines()[-1].startswith("TOTAL")
-    assert str(sum(r["bytes"] for r in rows)) in table.splitlines()[-1]
-    js = json.loads(size_report_json(model))
+    assert table.splitlines()[-2].startswith("TOTAL")
+    assert str(sum(r["bytes"] for r in rows)) in table.splitlines()[-2]
+    assert table.splitlines()[-1].startswith("by kind: weights ")
+    path = save_quantized(tmp_path / "m.safetensors", model, {"x": "y"})
+    js = json.loads(size_report_json(model, path.stat().st_size))
     assert js["total"]["params"] == sum(r["params"] for r in rows)
+    kinds = js["by_kind"]
+    assert sum(kinds.values()) == path.stat().st_size
+    assert kinds["weights"] == sum(r["weights"] for r in rows)
+    assert 0 < kinds["metadata"] < 4096
 
 
 def test_save_refuses_unconverted_and_bad_files(tmp_path):
@@ -99,5 +107,5 @@ def test_save_refuses_unconverted_and_bad_files(tmp_path):
         ),
         {},
     )
-    with pytest.raises(ValueError, match="stored tensors do not fit the model"):
+    with pytest.raises(ValueError, match=r"0.bias is torch.float32 \(64,\), the model"):
         load_quantized(good, lambda m: _linear_conv_net(32))

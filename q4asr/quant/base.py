@@ -1,0 +1,63 @@
+"""State shared by QAT and integer modules: precision, mode flags, static activation
+range, and the operand descriptions the ops take."""
+
+from __future__ import annotations
+
+import torch
+
+from q4asr.quant.config import Precision
+from q4asr.quant.ops import ActQuant
+from q4asr.quant.quantizer import scale_from_amax
+
+
+class QuantModule:
+    """Mixin of every QAT and integer module.
+
+    ``precision``/``qname`` (the plan's decision and the module's name in the
+    model), ``weight_bits``/``act_bits`` (None = float; an Embedding has no
+    activation bits), ``quant_enabled`` (QAT: False runs the float module),
+    ``observing`` (PTQ calibration: record max|x|), and the ``act_amax`` buffer of a
+    static activation scale (None when scales are dynamic).
+    """
+
+    precision: Precision
+    qname: str
+
+    def _init_quant(self, precision: Precision, qname: str, act: bool = True) -> None:
+        self.precision = precision
+        self.qname = qname
+        self.quant_enabled = True
+        self.observing = False
+        self.act_bits = precision.act_bits if act else None
+        self.weight_bits = precision.weight_bits
+        if self.act_bits is not None and precision.act_static:
+            self.register_buffer("act_amax", torch.zeros(()))  # type: ignore[attr-defined]
+        else:
+            self.act_amax = None
+
+    @property
+    def w_keep(self) -> tuple[int, ...] | None:
+        """Kept dims of the (n_out, K) weight: per output channel, or per tensor."""
+        return (0,) if self.precision.weight_granularity == "channel" else None
+
+    def _observe(self, x: torch.Tensor) -> None:
+        if self.act_amax is not None:
+            self.act_amax.copy_(torch.maximum(self.act_amax, x.detach().abs().amax()))
+
+    def act_quant(self) -> ActQuant:
+        """How this module's input is quantized."""
+        static = None
+        if self.act_amax is not None:
+            if not float(self.act_amax) > 0:
+                raise RuntimeError(
+                    f"{self.qname}: static activation scale is not calibrated "
+                    "(run q4asr.quant.calibrate first)"
+                )
+            static = scale_from_amax(self.act_amax, self.act_bits)
+        return ActQuant(self.act_bits, self.precision.act_granularity, static)
+
+    def _describe(self) -> str:
+        """W<bits>A<bits> of what this module really quantizes (f = float)."""
+        w = "f" if self.weight_bits is None else self.weight_bits
+        a = "f" if self.act_bits is None else self.act_bits
+        return f"W{w}A{a}"

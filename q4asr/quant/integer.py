@@ -1,0 +1,262 @@
+"""Integer (serving) modules: Linear, Conv1d, Conv2d and Embedding.
+
+Storage: ``qweight`` (n_out, K) int8, or (n_out, ceil(K/2)) uint8 with two int4
+values a byte for <= 4-bit weights; ``w_scale`` (n_out, 1) or (1, 1) bfloat16;
+``bias`` float32 (optional); ``act_amax`` for a static activation scale; ``weight``
+float32 only when the weights stay float. No float copy of a quantized weight
+exists at any time.
+
+An integer module is made from shapes and a precision (``IntLinear(...)``, the
+skeleton :func:`q4asr.quant.load_quantized` fills from a file) or from a QAT module
+(``from_qat``: quantizes its weights). Its forward is the op's one forward
+(:mod:`q4asr.quant.ops`) with the stored weight, which the QAT module runs with
+its weight quantized on the fly: the outputs are equal exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from q4asr.quant import ops
+from q4asr.quant.base import QuantModule
+from q4asr.quant.config import Precision
+from q4asr.quant.kernels import pack_int4, unpack_int4
+from q4asr.quant.qat import QATConv1d, QATConv2d, QATEmbedding, QATLinear
+from q4asr.quant.quantizer import SCALE_DTYPE, quantize_weight
+
+
+class IntModule(QuantModule, nn.Module):
+    """Storage and weight operand of every integer module."""
+
+    def __init__(
+        self,
+        weight_shape: tuple[int, ...],
+        precision: Precision,
+        qname: str,
+        bias: bool,
+        act: bool = True,
+        device: torch.device | str | None = None,
+    ) -> None:
+        nn.Module.__init__(self)
+        self._init_quant(precision, qname, act)
+        self.weight_shape = tuple(weight_shape)
+        n_out = self.weight_shape[0]
+        self.k = 1
+        for d in self.weight_shape[1:]:
+            self.k *= d
+        kw = {"device": device}
+        if self.weight_bits is None:
+            self.register_buffer("weight", torch.empty(n_out, self.k, **kw))
+            self.qweight = self.w_scale = None
+        else:
+            cols = (self.k + 1) // 2 if self.packed else self.k
+            dtype = torch.uint8 if self.packed else torch.int8
+            self.register_buffer("qweight", torch.empty(n_out, cols, dtype=dtype, **kw))
+            rows = n_out if precision.weight_granularity == "channel" else 1
+            self.register_buffer(
+                "w_scale", torch.empty(rows, 1, dtype=SCALE_DTYPE, **kw)
+            )
+            self.weight = None
+        if bias:
+            self.register_buffer("bias", torch.empty(n_out, **kw))
+        else:
+            self.bias = None
+        if self.act_amax is not None:
+            self.act_amax = self.act_amax.to(device)
+        self.eval()
+
+    @torch.no_grad()
+    def _fill_from(self, qat: nn.Module) -> None:
+        """Quantize and store the QAT module's weights (and copy bias, act_amax)."""
+        w2d = qat.weight.detach().reshape(self.weight_shape[0], -1)
+        if self.weight_bits is None:
+            self.weight.copy_(w2d)
+        else:
+            q, s = quantize_weight(w2d, self.weight_bits, self.w_keep)
+            self.qweight.copy_(pack_int4(q) if self.packed else q)
+            self.w_scale.copy_(s)  # exact: the scale is bfloat16-valued
+        if self.bias is not None:
+            self.bias.copy_(qat.bias.detach())
+        if self.act_amax is not None:
+            self.act_amax.copy_(qat.act_amax.detach())
+
+    @property
+    def packed(self) -> bool:
+        return self.weight_bits is not None and self.weight_bits <= 4
+
+    def int_weight(self) -> torch.Tensor | None:
+        """(n_out, K) int8 weight values, unpacked when stored two per byte."""
+        if self.qweight is None:
+            return None
+        return unpack_int4(self.qweight, self.k) if self.packed else self.qweight
+
+    def weight_operand(self) -> ops.Weight:
+        """The stored weight as the ops take it: a QWeight, or the float weight."""
+        if self.qweight is None:
+            return self.weight
+        return ops.QWeight(
+            self.int_weight(), self.w_scale.float(), self.weight_bits, self.k
+        )
+
+    def num_params(self) -> int:
+        """Logical parameter count (weight elements + bias)."""
+        n = self.weight_shape[0] * self.k
+        return n + (self.bias.numel() if self.bias is not None else 0)
+
+    def extra_repr(self) -> str:
+        return f"weight_shape={self.weight_shape}, precision={self._describe()}"
+
+
+class IntLinear(IntModule):
+    """Serving Linear. x: (..., in) -> (..., out)."""
+
+    @classmethod
+    def from_qat(cls, qat: QATLinear) -> IntLinear:
+        new = cls.like(qat, device=qat.weight.device)
+        new._fill_from(qat)
+        return new
+
+    @classmethod
+    def like(cls, qat: QATLinear, device=None) -> IntLinear:
+        """An empty skeleton of the QAT module's shape and precision."""
+        return cls(
+            tuple(qat.weight.shape),
+            qat.precision,
+            qat.qname,
+            qat.bias is not None,
+            device=device,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n_out, K = self.weight_shape
+        assert x.shape[-1] == K, (self.qname, x.shape)
+        ops.check_input(self.qname, x)
+        y = ops.linear(
+            x.reshape(-1, K), self.weight_operand(), self.bias, self.act_quant()
+        )
+        return y.reshape(*x.shape[:-1], n_out)
+
+
+class IntConv1d(IntModule):
+    """Serving Conv1d. x: (N, C_in, T) -> (N, C_out, T')."""
+
+    def __init__(
+        self, weight_shape, precision, qname, bias, args: ops.Conv1dArgs, device=None
+    ) -> None:
+        super().__init__(weight_shape, precision, qname, bias, device=device)
+        self.conv_args = args
+
+    @classmethod
+    def like(cls, qat: QATConv1d, device=None) -> IntConv1d:
+        return cls(
+            tuple(qat.weight.shape),
+            qat.precision,
+            qat.qname,
+            qat.bias is not None,
+            qat.conv_args(),
+            device=device,
+        )
+
+    @classmethod
+    def from_qat(cls, qat: QATConv1d) -> IntConv1d:
+        new = cls.like(qat, device=qat.weight.device)
+        new._fill_from(qat)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, Cg, _ = self.weight_shape
+        assert x.ndim == 3 and x.shape[1] == Cg * self.conv_args.groups, (
+            self.qname,
+            x.shape,
+        )
+        ops.check_input(self.qname, x)
+        return ops.conv1d(
+            x,
+            self.weight_operand(),
+            self.bias,
+            self.act_quant(),
+            self.weight_shape,
+            self.conv_args,
+        )
+
+
+class IntConv2d(IntModule):
+    """Serving Conv2d (groups=1). x: (N, C_in, H, W) -> (N, C_out, H', W')."""
+
+    def __init__(
+        self, weight_shape, precision, qname, bias, args: ops.Conv2dArgs, device=None
+    ) -> None:
+        super().__init__(weight_shape, precision, qname, bias, device=device)
+        self.conv_args = args
+
+    @classmethod
+    def like(cls, qat: QATConv2d, device=None) -> IntConv2d:
+        return cls(
+            tuple(qat.weight.shape),
+            qat.precision,
+            qat.qname,
+            qat.bias is not None,
+            qat.conv_args(),
+            device=device,
+        )
+
+    @classmethod
+    def from_qat(cls, qat: QATConv2d) -> IntConv2d:
+        new = cls.like(qat, device=qat.weight.device)
+        new._fill_from(qat)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.ndim == 4 and x.shape[1] == self.weight_shape[1], (self.qname, x.shape)
+        ops.check_input(self.qname, x)
+        return ops.conv2d(
+            x,
+            self.weight_operand(),
+            self.bias,
+            self.act_quant(),
+            self.weight_shape,
+            self.conv_args,
+        )
+
+
+class IntEmbedding(IntModule):
+    """Serving Embedding: looks up integer rows (packed rows too), then dequantizes
+    only those. ids: (...) int64 -> (..., dim) float32."""
+
+    def __init__(self, weight_shape, precision, qname, padding_idx, device=None):
+        super().__init__(
+            weight_shape, precision, qname, False, act=False, device=device
+        )
+        self.padding_idx = padding_idx
+
+    @classmethod
+    def like(cls, qat: QATEmbedding, device=None) -> IntEmbedding:
+        return cls(
+            tuple(qat.weight.shape),
+            qat.precision,
+            qat.qname,
+            qat.padding_idx,
+            device=device,
+        )
+
+    @classmethod
+    def from_qat(cls, qat: QATEmbedding) -> IntEmbedding:
+        new = cls.like(qat, device=qat.weight.device)
+        new._fill_from(qat)
+        return new
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.qweight is None:
+            return ops.embedding(ids, self.weight, self.padding_idx)
+        w = ops.QWeight(self.qweight, self.w_scale.float(), self.weight_bits, self.k)
+        return ops.embedding(ids, w, self.padding_idx)
+
+
+# QAT class -> integer class (convert).
+QAT_TO_INT: dict[type, type] = {
+    QATLinear: IntLinear,
+    QATConv1d: IntConv1d,
+    QATConv2d: IntConv2d,
+    QATEmbedding: IntEmbedding,
+}
