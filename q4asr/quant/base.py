@@ -3,11 +3,31 @@ range, and the operand descriptions the ops take."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from q4asr.quant.config import Precision
 from q4asr.quant.ops import ActQuant
 from q4asr.quant.quantizer import scale_from_amax
+
+
+@contextlib.contextmanager
+def no_init() -> Iterator[None]:
+    """``torch.nn.init``'s in-place initialisers do nothing inside (modules built
+    only to take over existing Parameters, or to be filled from a file). On the
+    ``meta`` device some of them (``normal_``) would import much of sympy: about
+    1.5 s and 70 MB in a fresh process."""
+    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(torch.nn.init, n, lambda t, *a, **k: t)
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(torch.nn.init, n, f)
 
 
 class QuantModule:
@@ -44,17 +64,23 @@ class QuantModule:
         if self.act_amax is not None:
             self.act_amax.copy_(torch.maximum(self.act_amax, x.detach().abs().amax()))
 
+    def _act_scale(self, ndim: int) -> torch.Tensor | None:
+        """The static activation scale, broadcastable to an ``ndim`` operand, or
+        None when scales are dynamic."""
+        if self.act_amax is None:
+            return None
+        if not float(self.act_amax) > 0:
+            raise RuntimeError(
+                f"{self.qname}: static activation scale is not calibrated "
+                "(run q4asr.quant.calibrate first)"
+            )
+        return scale_from_amax(self.act_amax, self.act_bits).reshape([1] * ndim)
+
     def act_quant(self) -> ActQuant:
         """How this module's input is quantized."""
-        static = None
-        if self.act_amax is not None:
-            if not float(self.act_amax) > 0:
-                raise RuntimeError(
-                    f"{self.qname}: static activation scale is not calibrated "
-                    "(run q4asr.quant.calibrate first)"
-                )
-            static = scale_from_amax(self.act_amax, self.act_bits)
-        return ActQuant(self.act_bits, self.precision.act_granularity, static)
+        return ActQuant(
+            self.act_bits, self.precision.act_granularity, self._act_scale(0)
+        )
 
     def _describe(self) -> str:
         """W<bits>A<bits> of what this module really quantizes (f = float)."""

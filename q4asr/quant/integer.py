@@ -2,7 +2,7 @@
 
 Storage: ``qweight`` (n_out, K) int8, or (n_out, ceil(K/2)) uint8 with two int4
 values a byte for <= 4-bit weights; ``w_scale`` (n_out, 1) or (1, 1) bfloat16;
-``bias`` float32 (optional); ``act_amax`` for a static activation scale; ``weight``
+``bias`` bfloat16 (optional; QAT trains with the same rounded bias); ``act_amax`` for a static activation scale; ``weight``
 float32 only when the weights stay float. No float copy of a quantized weight
 exists at any time.
 
@@ -59,7 +59,7 @@ class IntModule(QuantModule, nn.Module):
             )
             self.weight = None
         if bias:
-            self.register_buffer("bias", torch.empty(n_out, **kw))
+            self.register_buffer("bias", torch.empty(n_out, dtype=SCALE_DTYPE, **kw))
         else:
             self.bias = None
         if self.act_amax is not None:
@@ -77,7 +77,7 @@ class IntModule(QuantModule, nn.Module):
             self.qweight.copy_(pack_int4(q) if self.packed else q)
             self.w_scale.copy_(s)  # exact: the scale is bfloat16-valued
         if self.bias is not None:
-            self.bias.copy_(qat.bias.detach())
+            self.bias.copy_(qat.bias.detach())  # rounds as quantizer.round_bias
         if self.act_amax is not None:
             self.act_amax.copy_(qat.act_amax.detach())
 
@@ -98,6 +98,10 @@ class IntModule(QuantModule, nn.Module):
         return ops.QWeight(
             self.int_weight(), self.w_scale.float(), self.weight_bits, self.k
         )
+
+    def bias_operand(self) -> torch.Tensor | None:
+        """The stored bias as the ops take it (float32), or None."""
+        return None if self.bias is None else self.bias.float()
 
     def num_params(self) -> int:
         """Logical parameter count (weight elements + bias)."""
@@ -133,7 +137,10 @@ class IntLinear(IntModule):
         assert x.shape[-1] == K, (self.qname, x.shape)
         ops.check_input(self.qname, x)
         y = ops.linear(
-            x.reshape(-1, K), self.weight_operand(), self.bias, self.act_quant()
+            x.reshape(-1, K),
+            self.weight_operand(),
+            self.bias_operand(),
+            self.act_quant(),
         )
         return y.reshape(*x.shape[:-1], n_out)
 
@@ -174,7 +181,7 @@ class IntConv1d(IntModule):
         return ops.conv1d(
             x,
             self.weight_operand(),
-            self.bias,
+            self.bias_operand(),
             self.act_quant(),
             self.weight_shape,
             self.conv_args,
@@ -213,7 +220,7 @@ class IntConv2d(IntModule):
         return ops.conv2d(
             x,
             self.weight_operand(),
-            self.bias,
+            self.bias_operand(),
             self.act_quant(),
             self.weight_shape,
             self.conv_args,

@@ -186,8 +186,7 @@ def linear(
     return F.linear(x, _float_weight(w), bias).to(out)
 
 
-@dataclass(frozen=True)
-class Conv1dArgs:
+class Conv1dArgs(NamedTuple):
     stride: int
     padding: int
     dilation: int
@@ -247,8 +246,8 @@ def conv1d(
     return y.to(out)
 
 
-@dataclass(frozen=True)
-class Conv2dArgs:
+class Conv2dArgs(NamedTuple):
+    kernel_size: tuple[int, int]
     stride: tuple[int, int]
     padding: tuple[int, int]
     dilation: tuple[int, int]

@@ -27,10 +27,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from q4asr.quant import ops
-from q4asr.quant.base import QuantModule
+from q4asr.quant.base import QuantModule, no_init
 from q4asr.quant.config import Precision
 from q4asr.quant.kernels import FLOAT32_EXACT_LIMIT, grouped_conv_bound
-from q4asr.quant.quantizer import fake_quant_weight, qmax_for
+from q4asr.quant.quantizer import fake_quant_weight, qmax_for, round_bias
 from q4asr.quant.ste import IntConv2dSTE, IntGroupedConv1dSTE, IntLinearSTE
 
 
@@ -50,17 +50,25 @@ class QATLinear(QuantModule, nn.Linear):
     def from_float(
         cls, mod: nn.Linear, precision: Precision, qname: str = ""
     ) -> QATLinear:
-        new = cls(
-            mod.in_features, mod.out_features, bias=mod.bias is not None, device="meta"
-        )
+        with no_init():
+            new = cls(
+                mod.in_features,
+                mod.out_features,
+                bias=mod.bias is not None,
+                device="meta",
+            )
         new.weight, new.bias = mod.weight, mod.bias
         new._init_quant(precision, qname)
         return new.train(mod.training)
 
     def to_float(self) -> nn.Linear:
-        m = nn.Linear(
-            self.in_features, self.out_features, self.bias is not None, device="meta"
-        )
+        with no_init():
+            m = nn.Linear(
+                self.in_features,
+                self.out_features,
+                self.bias is not None,
+                device="meta",
+            )
         m.weight, m.bias = self.weight, self.bias
         return m.train(self.training)
 
@@ -77,9 +85,11 @@ class QATLinear(QuantModule, nn.Linear):
         x2d = x.reshape(-1, self.in_features)
         act = self.act_quant()
         if _int_path(self, act):
-            y = self._ste_linear(x2d, self.weight, self.bias, act)
+            y = self._ste_linear(x2d, self.weight, round_bias(self.bias), act)
         else:
-            y = ops.linear(x2d, _float_weight(self, self.weight), self.bias, act)
+            y = ops.linear(
+                x2d, _float_weight(self, self.weight), round_bias(self.bias), act
+            )
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
@@ -97,18 +107,19 @@ def conv_args_problem(mod: nn.Module) -> str | None:
 def _conv_copy(cls: type, mod: nn.Module) -> nn.Module:
     """A ``cls`` conv with ``mod``'s arguments (on the meta device) sharing its
     Parameters: the one constructor behind the QAT convs' ``from_float``/``to_float``."""
-    new = cls(
-        mod.in_channels,
-        mod.out_channels,
-        mod.kernel_size,
-        mod.stride,
-        mod.padding,
-        mod.dilation,
-        mod.groups,
-        mod.bias is not None,
-        mod.padding_mode,
-        device="meta",
-    )
+    with no_init():
+        new = cls(
+            mod.in_channels,
+            mod.out_channels,
+            mod.kernel_size,
+            mod.stride,
+            mod.padding,
+            mod.dilation,
+            mod.groups,
+            mod.bias is not None,
+            mod.padding_mode,
+            device="meta",
+        )
     new.weight, new.bias = mod.weight, mod.bias
     return new.train(mod.training)
 
@@ -170,15 +181,27 @@ class QATConv1d(QuantModule, nn.Conv1d):
         act, args, shape = self.act_quant(), self.conv_args(), tuple(self.weight.shape)
         if _int_path(self, act) and self.groups > 1:
             return IntGroupedConv1dSTE.apply(
-                x, self.weight, self.bias, self.weight_bits, self.w_keep, act, args
+                x,
+                self.weight,
+                round_bias(self.bias),
+                self.weight_bits,
+                self.w_keep,
+                act,
+                args,
             )
         if _int_path(self, act):  # groups=1: the integer linear on the unfolded input
             w2d = self.weight.reshape(self.out_channels, -1)
             return ops.conv1d(
-                x, w2d, self.bias, act, shape, args, linear_op=self._ste_linear
+                x,
+                w2d,
+                round_bias(self.bias),
+                act,
+                shape,
+                args,
+                linear_op=self._ste_linear,
             )
         return ops.conv1d(
-            x, _float_weight(self, self.weight), self.bias, act, shape, args
+            x, _float_weight(self, self.weight), round_bias(self.bias), act, shape, args
         )
 
     _ste_linear = QATLinear._ste_linear
@@ -205,7 +228,9 @@ class QATConv2d(QuantModule, nn.Conv2d):
         return _conv_copy(nn.Conv2d, self)
 
     def conv_args(self) -> ops.Conv2dArgs:
-        return ops.Conv2dArgs(self.stride, self.padding, self.dilation)
+        return ops.Conv2dArgs(
+            self.kernel_size, self.stride, self.padding, self.dilation
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         assert x.ndim == 4 and x.shape[1] == self.in_channels, (self.qname, x.shape)
@@ -217,10 +242,16 @@ class QATConv2d(QuantModule, nn.Conv2d):
         act, args, shape = self.act_quant(), self.conv_args(), tuple(self.weight.shape)
         if _int_path(self, act):
             return IntConv2dSTE.apply(
-                x, self.weight, self.bias, self.weight_bits, self.w_keep, act, args
+                x,
+                self.weight,
+                round_bias(self.bias),
+                self.weight_bits,
+                self.w_keep,
+                act,
+                args,
             )
         return ops.conv2d(
-            x, _float_weight(self, self.weight), self.bias, act, shape, args
+            x, _float_weight(self, self.weight), round_bias(self.bias), act, shape, args
         )
 
 
@@ -236,25 +267,27 @@ class QATEmbedding(QuantModule, nn.Embedding):
             raise ValueError(f"{qname}: cannot quantize an Embedding with max_norm")
         if mod.sparse:
             raise ValueError(f"{qname}: cannot quantize a sparse Embedding")
-        new = cls(
-            mod.num_embeddings,
-            mod.embedding_dim,
-            mod.padding_idx,
-            device="meta",
-            scale_grad_by_freq=mod.scale_grad_by_freq,
-        )
+        with no_init():
+            new = cls(
+                mod.num_embeddings,
+                mod.embedding_dim,
+                mod.padding_idx,
+                device="meta",
+                scale_grad_by_freq=mod.scale_grad_by_freq,
+            )
         new.weight = mod.weight
         new._init_quant(precision, qname, act=False)
         return new.train(mod.training)
 
     def to_float(self) -> nn.Embedding:
-        m = nn.Embedding(
-            self.num_embeddings,
-            self.embedding_dim,
-            self.padding_idx,
-            scale_grad_by_freq=self.scale_grad_by_freq,
-            device="meta",
-        )
+        with no_init():
+            m = nn.Embedding(
+                self.num_embeddings,
+                self.embedding_dim,
+                self.padding_idx,
+                scale_grad_by_freq=self.scale_grad_by_freq,
+                device="meta",
+            )
         m.weight = self.weight
         return m.train(self.training)
 

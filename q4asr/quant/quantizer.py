@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import torch
 
-# Stored weight scales are bfloat16 (float32's range, so no scale under- or overflows).
+# Stored weight scales and biases of quantized modules are bfloat16 (float32's range:
+# no scale under- or overflows), half the bytes of float32 per output channel.
 SCALE_DTYPE = torch.bfloat16
 
 # Smallest amax used to form a scale: an all-zero row gets scale EPS / qmax and
@@ -154,3 +155,10 @@ def fake_quant_weight(
     if bits is None:
         return w
     return FakeQuantSTE.apply(w, bits, keep_dims, weight_scale(w, bits, keep_dims))
+
+
+def round_bias(b: torch.Tensor | None) -> torch.Tensor | None:
+    """A quantized module's bias as it is stored: rounded to bfloat16, returned in
+    its own dtype. Differentiable (the gradient passes through the casts), so QAT
+    trains with the bias the integer model serves."""
+    return None if b is None else b.to(SCALE_DTYPE).to(b.dtype)

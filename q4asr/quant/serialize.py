@@ -14,7 +14,9 @@ file's tensors to it: nothing but the stored tensors is ever allocated.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +25,7 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from q4asr.quant.base import no_init
 from q4asr.quant.config import PlanError, PrecisionPlan
 from q4asr.quant.convert import PLAN_ATTR, convert, prepare
 from q4asr.quant.integer import QAT_TO_INT, IntModule
@@ -32,6 +35,14 @@ FORMAT = "q4asr-int-v2"  # v2: bfloat16 weight scales
 PLAN_KEY = "q4asr.plan"
 FORMAT_KEY = "q4asr.format"
 EXTRA_PREFIX = "extra."
+
+
+@contextlib.contextmanager
+def skeleton() -> Iterator[None]:
+    """Modules built inside are on the ``meta`` device and skip ``torch.nn.init``:
+    shapes and dtypes only, nothing allocated, nothing initialised."""
+    with no_init(), torch.device("meta"):
+        yield
 
 
 def save_quantized(
@@ -93,7 +104,7 @@ def load_quantized(
             f"(format {meta.get(FORMAT_KEY)!r}; re-export it with q4asr-export)"
         )
     user_meta = {k: v for k, v in meta.items() if k not in (PLAN_KEY, FORMAT_KEY)}
-    with torch.device("meta"):
+    with skeleton():
         model = build_model(user_meta)
     if PLAN_KEY in meta:
         plan = PrecisionPlan.from_json(meta[PLAN_KEY], f"{path}: {PLAN_KEY}")

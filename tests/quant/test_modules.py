@@ -17,7 +17,7 @@ from q4asr.quant import (
     prepare,
     set_quant_mode,
 )
-from q4asr.quant.quantizer import fake_quant, fake_quant_weight
+from q4asr.quant.quantizer import fake_quant, fake_quant_weight, round_bias
 
 
 def test_mode_switch_and_to_float():
@@ -67,7 +67,9 @@ def test_linear_ste_matches_fake_quant_reference(wb, ab):
         lin.bias,
         ab,
         wb,
-        lambda x, w, b: F.linear(fake_quant(x, ab, (0, 1)), fake_quant_weight(w, wb, (0,)), b),
+        lambda x, w, b: F.linear(
+            fake_quant(x, ab, (0, 1)), fake_quant_weight(w, wb, (0,)), round_bias(b)
+        ),
     )
     y2.backward(g)
     torch.testing.assert_close(y, y2, rtol=1e-5, atol=1e-5)
@@ -92,7 +94,13 @@ def test_depthwise_conv_ste_matches_reference():
         4,
         # per sample, per channel over time (depthwise: group = channel)
         lambda x, w, b: F.conv1d(
-            fake_quant(x, 8, (0, 1)), fake_quant_weight(w, 4, (0,)), b, 1, 2, 1, 8
+            fake_quant(x, 8, (0, 1)),
+            fake_quant_weight(w, 4, (0,)),
+            round_bias(b),
+            1,
+            2,
+            1,
+            8,
         ),
     )
     y2.backward(g)
@@ -147,7 +155,11 @@ def test_conv2d_ste_matches_reference(wb, ab, cin, pad):
         ab,
         wb,
         lambda x, w, b: F.conv2d(
-            fake_quant(x, ab, (0,)), fake_quant_weight(w, wb, (0,)), b, 2, pad
+            fake_quant(x, ab, (0,)),
+            fake_quant_weight(w, wb, (0,)),
+            round_bias(b),
+            2,
+            pad,
         ),
     )
     y2.backward(g)

@@ -66,12 +66,12 @@ def test_size_report_rows_and_formats(tmp_path):
     by = {r["name"]: r for r in rows}
     assert by["0"]["params"] == 64 * 256 + 256 and by["0"]["weight_bits"] == 4
     assert by["0"]["act_bits"] == 8
-    # int4: half a byte per weight + a bfloat16 scale and a float32 bias per output
-    assert by["0"]["bytes"] == 64 * 256 // 2 + 256 * 2 + 256 * 4
+    # int4: half a byte per weight + a bfloat16 scale and bias per output
+    assert by["0"]["bytes"] == 64 * 256 // 2 + 256 * 2 + 256 * 2
     assert (by["0"]["weights"], by["0"]["scales"]) == (64 * 256 // 2, 256 * 2)
-    assert by["0"]["biases"] == 256 * 4 and by["0"]["float_layers"] == 0
+    assert by["0"]["biases"] == 256 * 2 and by["0"]["float_layers"] == 0
     assert by["2"]["weight_bits"] == 8 and by["2"]["act_bits"] == "float"
-    assert by["2"]["bytes"] == 256 * 64 + 64 * 2 + 64 * 4
+    assert by["2"]["bytes"] == 256 * 64 + 64 * 2 + 64 * 2
     table = format_size_table(rows)
     assert table.splitlines()[-2].startswith("TOTAL")
     assert str(sum(r["bytes"] for r in rows)) in table.splitlines()[-2]
@@ -107,5 +107,59 @@ def test_save_refuses_unconverted_and_bad_files(tmp_path):
         ),
         {},
     )
-    with pytest.raises(ValueError, match=r"0.bias is torch.float32 \(64,\), the model"):
+    with pytest.raises(
+        ValueError, match=r"0.bias is torch.bfloat16 \(64,\), the model"
+    ):
         load_quantized(good, lambda m: _linear_conv_net(32))
+
+
+def test_load_fills_a_meta_skeleton_without_initialising(tmp_path):
+    """load_quantized builds the model on the meta device without running
+    torch.nn.init, and assigns the file's tensors: the loaded tensors are the
+    only ones allocated, and no float copy of a quantized weight appears."""
+    plan = PrecisionPlan.from_dict({"default": {"weight_bits": 4, "act_bits": 8}})
+    net = nn.Sequential(nn.Embedding(50, 64), nn.Linear(64, 32))
+    model = convert(prepare(net, plan))
+    path = save_quantized(tmp_path / "m.safetensors", model, {})
+    seen = []
+
+    def build(meta):
+        seen.append(torch.empty(1).device.type)
+        return nn.Sequential(nn.Embedding(50, 64), nn.Linear(64, 32))
+
+    loaded, _, _ = load_quantized(path, build)
+    assert seen == ["meta"]
+    tensors = dict(loaded.state_dict())
+    assert all(t.device.type == "cpu" for t in tensors.values())
+    assert set(tensors) == set(model.state_dict())
+    assert tensors["1.qweight"].dtype == torch.uint8
+    assert not any(
+        t.dtype == torch.float32 and t.numel() >= 64 * 32 // 2 for t in tensors.values()
+    )
+    for k, v in model.state_dict().items():
+        assert torch.equal(tensors[k], v), k
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        assert torch.equal(loaded[1](loaded[0](ids)), model[1](model[0](ids)))
+
+
+def test_loading_imports_no_symbolic_math(tmp_path):
+    """Loading and running an integer model in a fresh process does not import
+    sympy (which torch's meta-device initialisers would pull in: ~70 MB, ~1.5 s)."""
+    import subprocess
+    import sys
+
+    plan = PrecisionPlan.from_dict({"default": {"weight_bits": 4, "act_bits": 8}})
+    net = nn.Sequential(nn.Embedding(50, 64), nn.Linear(64, 32))
+    path = save_quantized(tmp_path / "m.safetensors", convert(prepare(net, plan)), {})
+    code = (
+        "import sys, torch, torch.nn as nn\n"
+        "from q4asr.quant import load_quantized\n"
+        f"m, _, _ = load_quantized({str(path)!r}, lambda meta: nn.Sequential("
+        "nn.Embedding(50, 64), nn.Linear(64, 32)))\n"
+        "m(torch.tensor([[1, 2]]))\n"
+        "print('sympy' in sys.modules)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
