@@ -16,6 +16,7 @@ from q4asr.quant import (
     QATLinear,
     prepare,
     set_quant_mode,
+    unprepare,
 )
 from q4asr.quant.quantizer import fake_quant, fake_quant_weight, round_bias
 
@@ -42,6 +43,11 @@ def test_mode_switch_and_to_float():
     assert not m[0].quant_enabled
     set_quant_mode(m, True)
     assert m[0].quant_enabled
+    w = m[0].weight
+    m = unprepare(m)
+    assert type(m[0]) is nn.Linear and m[0].weight is w
+    assert not hasattr(m, "q4asr_plan")
+    assert isinstance(prepare(m, PrecisionPlan.from_dict({"default": {}}))[0], nn.Linear)
 
 
 def _fq_reference_grads(x, w, b, a_bits, w_bits, op):
