@@ -19,15 +19,24 @@ def no_init() -> Iterator[None]:
     only to take over existing Parameters, or to be filled from a file). On the
     ``meta`` device some of them (``normal_``) would import much of sympy: about
     1.5 s and 70 MB in a fresh process."""
-    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
-    saved = {n: getattr(torch.nn.init, n) for n in names}
+    saved = {n: getattr(torch.nn.init, n) for n in _INITIALISERS}
     try:
-        for n in names:
-            setattr(torch.nn.init, n, lambda t, *a, **k: t)
+        for n in _INITIALISERS:
+            setattr(torch.nn.init, n, _identity)
         yield
     finally:
         for n, f in saved.items():
             setattr(torch.nn.init, n, f)
+
+
+def _identity(t: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    return t
+
+
+# the in-place initialisers (uniform_, normal_, kaiming_uniform_, ...)
+_INITIALISERS = [
+    n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")
+]
 
 
 class QuantModule:
