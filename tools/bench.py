@@ -258,9 +258,11 @@ def child_memory(args: argparse.Namespace) -> None:
     spec = json.loads(Path(args.child_spec).read_text())
     torch.set_num_threads(spec["threads"])
     rss_imports = reset_peak_rss()
+    t0 = time.perf_counter()
     model = load_system(
         args.child_system, Path(spec["files"][args.child_system]), spec["model_config"]
     )
+    load_seconds = time.perf_counter() - t0
     rss_loaded = peak_rss_bytes()
     feats, lens, _ = make_batch(spec["model_config"], spec["batch"], spec["seconds"])
     decode(model, feats, lens)
@@ -274,6 +276,7 @@ def child_memory(args: argparse.Namespace) -> None:
         json.dumps(
             {
                 "peak_rss_bytes": rss_peak,
+                "load_seconds": round(load_seconds, 4),
                 "rss_after_imports_bytes": rss_imports,
                 "peak_after_load_bytes": rss_loaded,
                 "peak_over_imports_bytes": rss_peak - rss_imports,
@@ -832,6 +835,136 @@ def render_markdown(r: dict[str, Any]) -> str:
     return "\n".join(L)
 
 
+# ----------------------------------------------------------------- loading (--load-only)
+
+LOAD_MODELS = {
+    "demo": (RECIPE / "conf/train.yaml", RECIPE / "conf/plans"),
+    "librispeech": (
+        REPO / "egs/librispeech/ASR/conf/train.yaml",
+        REPO / "egs/librispeech/ASR/conf/plans",
+    ),
+}
+LOAD_SYSTEMS = ("float32", "q4asr_int8", "q4asr_int4")
+LOAD_MARK = ("<!-- bench load: begin -->", "<!-- bench load: end -->")
+
+
+def load_section(args: argparse.Namespace) -> dict[str, Any]:
+    """File size, load time and peak RSS over imports (a fresh process per system
+    that loads the file and decodes the batch once) of float32, q4asr int8 and int4,
+    for the demo's and the LibriSpeech recipe's model; every figure also as a ratio
+    to float32. The load time is the median of ``args.load_repeats`` processes."""
+    out: dict[str, Any] = {"machine": machine(), "env": get_env_info(), "models": {}}
+    for name, (train_yaml, plans_dir) in LOAD_MODELS.items():
+        cfg = model_config(False, train_yaml)
+        params = sum(p.numel() for p in float_model(cfg).parameters())
+        with tempfile.TemporaryDirectory() as tmp:
+            files = {}
+            base = float_model(cfg)
+            for sysname in LOAD_SYSTEMS:
+                m = (
+                    base
+                    if sysname == "float32"
+                    else q4asr_int(base, plans_dir / PLANS[sysname])
+                )
+                files[sysname] = str(
+                    save_system(sysname, m, Path(tmp) / f"{sysname}.st", cfg)
+                )
+            del base, m
+            spec = Path(tmp) / "spec.json"
+            spec.write_text(
+                json.dumps(
+                    {
+                        "threads": args.threads,
+                        "files": files,
+                        "model_config": cfg,
+                        "batch": args.batch,
+                        "seconds": args.seconds,
+                    }
+                )
+            )
+            runs = [
+                measure_memory(spec, LOAD_SYSTEMS) for _ in range(args.load_repeats)
+            ]
+            rows = {}
+            for sysname in LOAD_SYSTEMS:
+                rs = [r[sysname] for r in runs]
+                rows[sysname] = {
+                    "file_bytes": Path(files[sysname]).stat().st_size,
+                    "load_seconds": sorted(r["load_seconds"] for r in rs)[len(rs) // 2],
+                    "peak_over_imports_bytes": min(
+                        r["peak_over_imports_bytes"] for r in rs
+                    ),
+                    "peak_after_load_bytes": min(
+                        r["peak_after_load_bytes"] - r["rss_after_imports_bytes"]
+                        for r in rs
+                    ),
+                }
+        ref = rows["float32"]
+        for r in rows.values():
+            r["x_file"] = round(r["file_bytes"] / ref["file_bytes"], 4)
+            r["x_peak"] = round(
+                r["peak_over_imports_bytes"] / ref["peak_over_imports_bytes"], 4
+            )
+            r["x_load_time"] = round(r["load_seconds"] / ref["load_seconds"], 3)
+        out["models"][name] = {
+            "params": params,
+            "config": str(train_yaml.relative_to(REPO)),
+            "systems": rows,
+        }
+        log.info("load %s: %s", name, json.dumps(rows))
+    out["setup"] = {
+        "batch": args.batch,
+        "seconds": args.seconds,
+        "threads": args.threads,
+        "load_repeats": args.load_repeats,
+    }
+    return out
+
+
+def render_load_markdown(r: dict[str, Any]) -> str:
+    st = r["setup"]
+    lines = [
+        LOAD_MARK[0],
+        "",
+        "### Loading an integer model: memory and time",
+        "",
+        f"`python tools/bench.py --load-only --batch 2 --seconds 4 --load-repeats 1 --json benchmarks/load.json --load-md BENCHMARKS.md` on "
+        f"{r['machine']['cpu']}, {st['threads']} thread(s). "
+        "A fresh process per system loads the model file and decodes one batch "
+        f"({st['batch']} x {st['seconds']:g} s); peak RSS is over the RSS after "
+        f"the imports (the least of {st['load_repeats']} processes), load time "
+        "their median.",
+        "",
+    ]
+    for name, m in r["models"].items():
+        lines += [
+            f"{name} model (`{m['config']}`, {m['params']:,} parameters):",
+            "",
+            "| system | file MiB | x float32 | load s | x float32 | peak over imports MiB | x float32 |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for sysname, s in m["systems"].items():
+            lines.append(
+                f"| {sysname} | {s['file_bytes'] / 2**20:.2f} | {s['x_file']:.3f} | "
+                f"{s['load_seconds']:.3f} | {s['x_load_time']:.2f} | "
+                f"{s['peak_over_imports_bytes'] / 2**20:.1f} | {s['x_peak']:.3f} |"
+            )
+        lines.append("")
+    lines += [LOAD_MARK[1], ""]
+    return "\n".join(lines)
+
+
+def update_marked(path: Path, text: str, mark: tuple[str, str]) -> None:
+    """Replace the section between ``mark`` in ``path`` (or append it)."""
+    old = path.read_text() if path.exists() else ""
+    if mark[0] in old and mark[1] in old:
+        a, b = old.index(mark[0]), old.index(mark[1]) + len(mark[1]) + 1
+        new = old[:a] + text + old[b:]
+    else:
+        new = old.rstrip("\n") + "\n\n" + text
+    atomic_write(path, lambda tmp: Path(tmp).write_text(new))
+
+
 def get_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -884,6 +1017,16 @@ def get_parser() -> argparse.ArgumentParser:
         default=None,
         help="write the generated BENCHMARKS.md here",
     )
+    ap.add_argument(
+        "--load-only",
+        action="store_true",
+        help="only the loading section: file size, load time and peak RSS of "
+        "float32/int8/int4 for the demo's and the LibriSpeech model",
+    )
+    ap.add_argument("--load-repeats", type=int, default=3)
+    ap.add_argument(
+        "--load-md", type=Path, default=None, help="update that section in this file"
+    )
     ap.add_argument("--child-system", help=argparse.SUPPRESS)
     ap.add_argument("--child-spec", help=argparse.SUPPRESS)
     return ap
@@ -913,6 +1056,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         if getattr(args, name) <= 0:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be positive")
     args.argv = argv
+    if args.load_only:
+        result = load_section(args)
+        text = json.dumps(result, indent=1)
+        print(text)
+        if args.json:
+            atomic_write(args.json, lambda tmp: Path(tmp).write_text(text + "\n"))
+        if args.load_md:
+            update_marked(args.load_md, render_load_markdown(result), LOAD_MARK)
+        return result
     result = run(args)
     text = json.dumps(result, indent=1)
     print(text)
