@@ -92,10 +92,16 @@ class _MatMulInteger(torch.autograd.Function):
     @staticmethod
     def symbolic(g, xq, w, biased: bool):
         zp = g.op("Constant", value_t=torch.tensor(128, dtype=torch.uint8))
-        xu = g.op("Cast", g.op("Add", xq, g.op("Constant", value_t=torch.tensor(128.0))),
-                  to_i=2)  # UINT8
-        acc = g.op("MatMulInteger", xu, w, zp, zp) if biased else g.op(
-            "MatMulInteger", xu, w, zp)
+        xu = g.op(
+            "Cast",
+            g.op("Add", xq, g.op("Constant", value_t=torch.tensor(128.0))),
+            to_i=2,
+        )  # UINT8
+        acc = (
+            g.op("MatMulInteger", xu, w, zp, zp)
+            if biased
+            else g.op("MatMulInteger", xu, w, zp)
+        )
         return g.op("Cast", acc, to_i=1)  # FLOAT
 
 
@@ -114,12 +120,19 @@ class _ConvInteger(torch.autograd.Function):
     @staticmethod
     def symbolic(g, xq, w, stride, padding, dilation, biased):
         zp = g.op("Constant", value_t=torch.tensor(128, dtype=torch.uint8))
-        xu = g.op("Cast", g.op("Add", xq, g.op("Constant", value_t=torch.tensor(128.0))),
-                  to_i=2)
+        xu = g.op(
+            "Cast",
+            g.op("Add", xq, g.op("Constant", value_t=torch.tensor(128.0))),
+            to_i=2,
+        )
         args = [xu, w, zp, zp] if biased else [xu, w, zp]
-        acc = g.op("ConvInteger", *args, strides_i=list(stride),
-                   pads_i=[padding[0], padding[1], padding[0], padding[1]],
-                   dilations_i=list(dilation))
+        acc = g.op(
+            "ConvInteger",
+            *args,
+            strides_i=list(stride),
+            pads_i=[padding[0], padding[1], padding[0], padding[1]],
+            dilations_i=list(dilation),
+        )
         return g.op("Cast", acc, to_i=1)
 
 
@@ -204,7 +217,9 @@ class _OnnxQuant(nn.Module):
             self.int_w = _IntWeight(q, m.weight_bits, biased)
             self.float_w = None
         else:
-            self.register_buffer("float_w", m.weight.float().reshape(n_out, -1).t().clone())
+            self.register_buffer(
+                "float_w", m.weight.float().reshape(n_out, -1).t().clone()
+            )
         b = m.bias
         if b is not None:
             self.register_buffer("bias", b.float().clone())
@@ -275,8 +290,10 @@ class OnnxConv1d(_OnnxQuant):
             x = F.pad(x, (self.padding, self.padding))
         span = self.dilation * (k - 1)
         t = x.shape[2] - span
-        taps = [x[:, :, j * self.dilation: j * self.dilation + t: self.stride]
-                for j in range(k)]
+        taps = [
+            x[:, :, j * self.dilation : j * self.dilation + t : self.stride]
+            for j in range(k)
+        ]
         cols = torch.stack(taps, dim=-1)  # (N, C, L, k)
         return cols.permute(0, 2, 1, 3).reshape(x.shape[0], cols.shape[2], -1)
 
@@ -322,7 +339,9 @@ class OnnxConv2d(_OnnxQuant):
                 w = self.int_w().t().reshape(self.weight_shape)
                 acc = _ConvInteger.apply(xq, w, *conv, self.int_w.biased)
                 y = acc * (sx * self.w_scale.reshape(1, n_out, 1, 1))
-                return y + self.bias.reshape(1, -1, 1, 1) if self.bias is not None else y
+                return (
+                    y + self.bias.reshape(1, -1, 1, 1) if self.bias is not None else y
+                )
             x = xq * sx
         w = self.weight_float().t().reshape(self.weight_shape)
         return F.conv2d(x, w, self.bias, *conv)
@@ -453,13 +472,27 @@ class JoinerForOnnx(nn.Module):
         return self.model.joiner(encoder_out, decoder_out, project_input=False)
 
 
-def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str],
-            outputs: list[str], dynamic: dict[str, dict[int, str]]) -> None:
+def _export(
+    module: nn.Module,
+    args: tuple,
+    path: Path,
+    inputs: list[str],
+    outputs: list[str],
+    dynamic: dict[str, dict[int, str]],
+) -> None:
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the legacy exporter's deprecation, tracer notes
+        warnings.simplefilter(
+            "ignore"
+        )  # the legacy exporter's deprecation, tracer notes
         torch.onnx.export(
-            module, args, str(path), dynamo=False, opset_version=OPSET,
-            input_names=inputs, output_names=outputs, dynamic_axes=dynamic,
+            module,
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=dynamic,
             # constant folding would store unpacked int4 weights as int8
             do_constant_folding=False,
         )
@@ -494,7 +527,9 @@ def write_tokens(tokenizer, path: Path) -> None:
 
 
 @torch.no_grad()
-def export_onnx(asr, out_dir: str | Path, example_seconds: float = 3.0) -> dict[str, Any]:
+def export_onnx(
+    asr, out_dir: str | Path, example_seconds: float = 3.0
+) -> dict[str, Any]:
     """Write ``encoder.onnx``, ``decoder.onnx``, ``joiner.onnx`` and ``tokens.txt``
     of ``asr`` (a :class:`q4asr.modelfile.AsrModel`) into ``out_dir``.
 
@@ -514,37 +549,76 @@ def export_onnx(asr, out_dir: str | Path, example_seconds: float = 3.0) -> dict[
     x = torch.randn(2, n_frames, cfg.num_mel_bins)
     x_lens = torch.tensor([n_frames, n_frames - 37], dtype=torch.int64)
     method = asr.metadata.get("method", "")
-    common = {"model_author": "q4asr", "version": "1", "q4asr_method": method,
-              "comment": f"q4asr {method} conformer transducer"}
+    common = {
+        "model_author": "q4asr",
+        "version": "1",
+        "q4asr_method": method,
+        "comment": f"q4asr {method} conformer transducer",
+    }
     enc_path, dec_path, join_path = (out_dir / f for f in ONNX_FILES[:3])
     with traceable_model():
-        _export(EncoderForOnnx(model), (x, x_lens), enc_path, ["x", "x_lens"],
-                ["encoder_out", "encoder_out_lens"],
-                {"x": {0: "N", 1: "T"}, "x_lens": {0: "N"},
-                 "encoder_out": {0: "N", 1: "T_out"}, "encoder_out_lens": {0: "N"}})
+        _export(
+            EncoderForOnnx(model),
+            (x, x_lens),
+            enc_path,
+            ["x", "x_lens"],
+            ["encoder_out", "encoder_out_lens"],
+            {
+                "x": {0: "N", 1: "T"},
+                "x_lens": {0: "N"},
+                "encoder_out": {0: "N", 1: "T_out"},
+                "encoder_out_lens": {0: "N"},
+            },
+        )
     y = torch.zeros(2, cfg.context_size, dtype=torch.int64)
-    _export(DecoderForOnnx(model), (y,), dec_path, ["y"], ["decoder_out"],
-            {"y": {0: "N"}, "decoder_out": {0: "N"}})
+    _export(
+        DecoderForOnnx(model),
+        (y,),
+        dec_path,
+        ["y"],
+        ["decoder_out"],
+        {"y": {0: "N"}, "decoder_out": {0: "N"}},
+    )
     e = torch.randn(2, cfg.joiner_dim)
-    _export(JoinerForOnnx(model), (e, e.clone()), join_path,
-            ["encoder_out", "decoder_out"], ["logit"],
-            {"encoder_out": {0: "N"}, "decoder_out": {0: "N"}, "logit": {0: "N"}})
+    _export(
+        JoinerForOnnx(model),
+        (e, e.clone()),
+        join_path,
+        ["encoder_out", "decoder_out"],
+        ["logit"],
+        {"encoder_out": {0: "N"}, "decoder_out": {0: "N"}, "logit": {0: "N"}},
+    )
     feats = asr.feature_config
-    _add_metadata(enc_path, {
-        **common, "model_type": "conformer",
-        "num_mel_bins": cfg.num_mel_bins, "subsampling_factor": 4,
-        "feature_config": json.dumps(feats),
-        "precisions": json.dumps(precisions),
-        "normalize_features": "per-utterance mean/variance over x_lens, in the graph",
-    })
-    _add_metadata(dec_path, {**common, "vocab_size": cfg.vocab_size,
-                             "context_size": cfg.context_size})
+    _add_metadata(
+        enc_path,
+        {
+            **common,
+            "model_type": "conformer",
+            "num_mel_bins": cfg.num_mel_bins,
+            "subsampling_factor": 4,
+            "feature_config": json.dumps(feats),
+            "precisions": json.dumps(precisions),
+            "normalize_features": "per-utterance mean/variance over x_lens, in the graph",
+        },
+    )
+    _add_metadata(
+        dec_path,
+        {**common, "vocab_size": cfg.vocab_size, "context_size": cfg.context_size},
+    )
     _add_metadata(join_path, {**common, "joiner_dim": cfg.joiner_dim})
     write_tokens(asr.tokenizer, out_dir / "tokens.txt")
     sizes = {f: (out_dir / f).stat().st_size for f in ONNX_FILES}
-    summary = {"onnx_dir": str(out_dir), **sizes,
-               "onnx_bytes": sum(sizes[f] for f in ONNX_FILES[:3]),
-               "integer_modules": len(precisions), "method": method}
-    log.info("exported ONNX to %s: %d bytes (%d integer modules)", out_dir,
-             summary["onnx_bytes"], len(precisions))
+    summary = {
+        "onnx_dir": str(out_dir),
+        **sizes,
+        "onnx_bytes": sum(sizes[f] for f in ONNX_FILES[:3]),
+        "integer_modules": len(precisions),
+        "method": method,
+    }
+    log.info(
+        "exported ONNX to %s: %d bytes (%d integer modules)",
+        out_dir,
+        summary["onnx_bytes"],
+        len(precisions),
+    )
     return summary
