@@ -136,6 +136,20 @@ class _ConvInteger(torch.autograd.Function):
         return g.op("Cast", acc, to_i=1)
 
 
+def scale_product(sx: torch.Tensor, sw: torch.Tensor) -> torch.Tensor:
+    """``sx * sw`` in float32, computed as a float64 product rounded once to float32.
+
+    The exact product of two float32 values fits in float64, so this is bit for bit
+    the float32 product q4asr forms; but it is not a float32 ``Mul`` in the graph.
+    With a float32 ``Mul`` there, onnxruntime's MatMulIntegerToFloat fusion replaces
+    ``MatMulInteger -> Cast -> Mul(acc, Mul(sx, sw))`` by a kernel that takes one
+    activation scale per tensor (wrong for per-row scales); and an outer product by
+    ``MatMul`` gets ``Div(amax, qmax)`` folded into it (MatMulScaleFusion), which
+    rounds differently.
+    """
+    return (sx.to(torch.float64) * sw.to(torch.float64)).to(torch.float32)
+
+
 def _nibble_tables(biased: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Byte -> its low / high nibble as a signed int4 value (int8), or as that value
     + 128 (uint8) when ``biased``: (256,) each."""
@@ -250,11 +264,7 @@ class _OnnxQuant(nn.Module):
             xq, sx = self.quantize_act(x, (-1,))
             if self.int_w is not None:
                 acc = _MatMulInteger.apply(xq, self.int_w(), self.int_w.biased)
-                # the outer product s_x * s_w as a MatMul over K = 1 (the same single
-                # products): a Mul there would let onnxruntime fuse the rescale into
-                # MatMulIntegerToFloat, which takes one activation scale per tensor
-                s = torch.matmul(sx, self.w_scale)
-                y = acc * s
+                y = acc * scale_product(sx, self.w_scale)
                 return y + self.bias if self.bias is not None else y
             x = xq * sx
         y = torch.matmul(x, self.weight_float())
@@ -314,7 +324,13 @@ class OnnxConv1d(_OnnxQuant):
                 if n_out != sx.shape[1]:
                     r = n_out // sx.shape[1]
                     sx = sx.unsqueeze(2).expand(-1, -1, r, -1).reshape(-1, n_out, 1)
-                y = acc * (sx * self.w_scale.reshape(1, -1, 1))
+                scale = scale_product(sx, self.w_scale.reshape(1, -1, 1))
+                if self.act_scale is not None:
+                    # a constant scale would be folded into the Conv weights by
+                    # onnxruntime (ConvMulFusion), which rounds differently: expanding
+                    # it to the output's (dynamic) shape keeps it a separate Mul
+                    scale = scale.expand_as(acc)
+                y = acc * scale
                 return y + self.bias.reshape(1, -1, 1) if self.bias is not None else y
             x = (xq.reshape(n, g, c // g, t) * sx).reshape(n, c, t)
         w = self.weight_float().t().reshape(self.weight_shape)
@@ -338,7 +354,7 @@ class OnnxConv2d(_OnnxQuant):
             if self.int_w is not None:
                 w = self.int_w().t().reshape(self.weight_shape)
                 acc = _ConvInteger.apply(xq, w, *conv, self.int_w.biased)
-                y = acc * (sx * self.w_scale.reshape(1, n_out, 1, 1))
+                y = acc * scale_product(sx, self.w_scale.reshape(1, -1, 1, 1))
                 return (
                     y + self.bias.reshape(1, -1, 1, 1) if self.bias is not None else y
                 )
