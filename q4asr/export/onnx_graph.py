@@ -150,15 +150,24 @@ def scale_product(sx: torch.Tensor, sw: torch.Tensor) -> torch.Tensor:
     return (sx.to(torch.float64) * sw.to(torch.float64)).to(torch.float32)
 
 
-def _nibble_tables(biased: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Byte -> its low / high nibble as a signed int4 value (int8), or as that value
-    + 128 (uint8) when ``biased``: (256,) each."""
+def _make_nibble_tables(biased: bool) -> tuple[torch.Tensor, torch.Tensor]:
     b = torch.arange(256, dtype=torch.int32)
     lo, hi = b & 15, b >> 4
     lo, hi = lo - 16 * (lo >= 8), hi - 16 * (hi >= 8)
     if biased:
         return (lo + 128).to(torch.uint8), (hi + 128).to(torch.uint8)
     return lo.to(torch.int8), hi.to(torch.int8)
+
+
+# One copy of each table, shared by every packed weight (the exporter then writes each
+# table once).
+_NIBBLE_TABLES = {b: _make_nibble_tables(b) for b in (False, True)}
+
+
+def _nibble_tables(biased: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Byte -> its low / high nibble as a signed int4 value (int8), or as that value
+    + 128 (uint8) when ``biased``: (256,) each."""
+    return _NIBBLE_TABLES[biased]
 
 
 class _IntWeight(nn.Module):
@@ -347,7 +356,6 @@ class OnnxConv2d(_OnnxQuant):
         self._init_from(m, self.weight_shape[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n_out = self.weight_shape[0]
         conv = (self.stride, self.padding, self.dilation)
         if self.act_bits is not None:
             xq, sx = self.quantize_act(x, (1, 2, 3))
@@ -496,6 +504,10 @@ def _export(
     outputs: list[str],
     dynamic: dict[str, dict[int, str]],
 ) -> None:
+    """Trace ``module`` on ``args`` into ``path``. Constant folding (which gives float
+    weights as plain initializers, e.g. for onnxruntime's quantize_dynamic) is off
+    where a weight is stored two a byte: folding would store it unpacked."""
+    packed = any(isinstance(m, _IntWeight) and m.packed for m in module.modules())
     with warnings.catch_warnings():
         warnings.simplefilter(
             "ignore"
@@ -509,15 +521,39 @@ def _export(
             input_names=inputs,
             output_names=outputs,
             dynamic_axes=dynamic,
-            # constant folding would store unpacked int4 weights as int8
-            do_constant_folding=False,
+            do_constant_folding=not packed,
         )
+
+
+def _compact(graph) -> None:
+    """Short names for every node and every value but the graph's inputs and
+    outputs (the exporter's names spell each module path, several times per node:
+    a third of a 4-bit model's file), no intermediate shape annotations."""
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output} | {""}
+    names: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if name in keep:
+            return name
+        if name not in names:
+            names[name] = f"{len(names):x}"
+        return names[name]
+
+    for init in graph.initializer:
+        init.name = short(init.name)
+    for node in graph.node:
+        node.name = ""
+        node.doc_string = ""
+        node.input[:] = [short(n) for n in node.input]
+        node.output[:] = [short(n) for n in node.output]
+    del graph.value_info[:]
 
 
 def _add_metadata(path: Path, meta: dict[str, Any]) -> None:
     import onnx
 
     m = onnx.load(str(path))
+    _compact(m.graph)
     for k, v in meta.items():
         m.metadata_props.add(key=k, value=str(v))
     onnx.checker.check_model(m)
