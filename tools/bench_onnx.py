@@ -74,8 +74,12 @@ def quantize_dynamic_dir(src: Path, dst: Path) -> None:
 
     dst.mkdir(parents=True, exist_ok=True)
     for f in ("encoder.onnx", "decoder.onnx", "joiner.onnx"):
-        quantize_dynamic(model_input=src / f, model_output=dst / f,
-                         op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
+        quantize_dynamic(
+            model_input=src / f,
+            model_output=dst / f,
+            op_types_to_quantize=["MatMul"],
+            weight_type=QuantType.QInt8,
+        )
     shutil.copy(src / "tokens.txt", dst / "tokens.txt")
 
 
@@ -103,13 +107,27 @@ def synthetic_setup(cfg: dict, work: Path, n_utts: int, seed: int = 0):
     base = AsrModel(model, tok, {"num_mel_bins": cfg["num_mel_bins"]}, meta, work)
     int_models = {}
     for name, plan in PLANS.items():
-        m = convert(prepare(copy.deepcopy(model), load_plan(RECIPE / "conf/plans" / plan)))
-        int_models[name] = AsrModel(m.eval(), tok, base.feature_config,
-                                    {"method": "ptq"}, work)
-    plans = [UttPlan(utt_id=f"bench-{i}", split="bench", text=t, engine="espeak",
-                     voice="en-us+m1", speaker="m1", speed=1.0, pitch=50.0,
-                     peak_db=3.0, path=str(work / f"bench-{i}.flac"))
-             for i, t in enumerate(sents[:n_utts])]
+        m = convert(
+            prepare(copy.deepcopy(model), load_plan(RECIPE / "conf/plans" / plan))
+        )
+        int_models[name] = AsrModel(
+            m.eval(), tok, base.feature_config, {"method": "ptq"}, work
+        )
+    plans = [
+        UttPlan(
+            utt_id=f"bench-{i}",
+            split="bench",
+            text=t,
+            engine="espeak",
+            voice="en-us+m1",
+            speaker="m1",
+            speed=1.0,
+            pitch=50.0,
+            peak_db=3.0,
+            path=str(work / f"bench-{i}.flac"),
+        )
+        for i, t in enumerate(sents[:n_utts])
+    ]
     audio = []
     for plan, rec, err in synth_chunk(plans):
         if rec is None:
@@ -130,16 +148,22 @@ def recipe_setup(exp: Path, manifests: Path, part: str, n_utts: int):
     def model(system: str):
         path = exp / system / "model.safetensors"
         if not path.is_file():
-            raise SystemExit(f"error: {path}: no such model file (run the recipe first)")
+            raise SystemExit(
+                f"error: {path}: no such model file (run the recipe first)"
+            )
         return load_asr_model(path)
 
     base = model(RECIPE_SYSTEMS["onnx_float32"])
     int_models = {name: model(RECIPE_SYSTEMS[name]) for name in PLANS}
     recs = load_manifest(manifests / f"synth_recordings_{part}.jsonl.gz")
-    sups = {s.recording_id: s.text
-            for s in load_manifest(manifests / f"synth_supervisions_{part}.jsonl.gz")}
-    audio = [(r.id, load_audio(r.sources[0].source, 16000).numpy(), sups[r.id])
-             for r in list(recs)[:n_utts]]
+    sups = {
+        s.recording_id: s.text
+        for s in load_manifest(manifests / f"synth_supervisions_{part}.jsonl.gz")
+    }
+    audio = [
+        (r.id, load_audio(r.sources[0].source, 16000).numpy(), sups[r.id])
+        for r in list(recs)[:n_utts]
+    ]
     return base, int_models, audio
 
 
@@ -156,8 +180,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.time()
     work = Path(tempfile.mkdtemp(prefix="q4asr_bench_onnx_"))
     if args.exp:
-        base, int_models, audio = recipe_setup(args.exp, args.manifests, args.part,
-                                               args.utts)
+        base, int_models, audio = recipe_setup(
+            args.exp, args.manifests, args.part, args.utts
+        )
     else:
         cfg = args.model_config
         base, int_models, audio = synthetic_setup(cfg, work, args.utts)
@@ -180,9 +205,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     audio_s = sum(len(a) for _, a, _ in audio) / 16000
     so = ort.SessionOptions()
     so.intra_op_num_threads = so.inter_op_num_threads = 1
-    encoders = {s: ort.InferenceSession(str(dirs[s] / "encoder.onnx"), so,
-                                        providers=["CPUExecutionProvider"])
-                for s in SYSTEMS}
+    encoders = {
+        s: ort.InferenceSession(
+            str(dirs[s] / "encoder.onnx"), so, providers=["CPUExecutionProvider"]
+        )
+        for s in SYSTEMS
+    }
     recognizers = {s: sherpa_recognizer(dirs[s], num_threads=1) for s in SYSTEMS}
     samples = [a for _, a, _ in audio]
     enc_t: dict[str, list[float]] = {s: [] for s in SYSTEMS}
@@ -201,18 +229,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rtf_t[s].append((time.perf_counter() - t) / audio_s)
     rows = {}
     for s in SYSTEMS:
-        row = {"bytes": sizes[s], "x_smaller": sizes["onnx_float32"] / sizes[s],
-               "encoder_s": statistics.median(enc_t[s]),
-               "rtf": statistics.median(rtf_t[s])}
-        row["encoder_x_faster"] = rows.get("onnx_float32", row)["encoder_s"] / row[
-            "encoder_s"]
+        row = {
+            "bytes": sizes[s],
+            "x_smaller": sizes["onnx_float32"] / sizes[s],
+            "encoder_s": statistics.median(enc_t[s]),
+            "rtf": statistics.median(rtf_t[s]),
+        }
+        row["encoder_x_faster"] = (
+            rows.get("onnx_float32", row)["encoder_s"] / row["encoder_s"]
+        )
         row["rtf_x_better"] = rows.get("onnx_float32", row)["rtf"] / row["rtf"]
         if args.exp:
             stats, _ = score([t for _, _, t in audio], texts[s])
             row["wer"] = stats.wer
         rows[s] = row
     r = {
-        "command": "python tools/bench_onnx.py " + " ".join(args.argv),
+        "command": getattr(args, "command", None)
+        or "python tools/bench_onnx.py " + " ".join(args.argv),
         "trained": bool(args.exp),
         "utterances": len(audio),
         "audio_seconds": round(audio_s, 2),
@@ -226,7 +259,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "systems": rows,
         "hypotheses_equal_float32": {
             s: sum(a == b for a, b in zip(texts[s], texts["onnx_float32"]))
-            for s in SYSTEMS},
+            for s in SYSTEMS
+        },
     }
     r["goals"] = goals(r)
     return r
@@ -237,31 +271,44 @@ def versions() -> dict[str, str]:
     import onnxruntime
     import sherpa_onnx
 
-    return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-            "sherpa_onnx": getattr(sherpa_onnx, "__version__", "?"),
-            "torch": torch.__version__}
+    return {
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "sherpa_onnx": getattr(sherpa_onnx, "__version__", "?"),
+        "torch": torch.__version__,
+    }
 
 
 def goals(r: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's targets, checked on this run's figures."""
     s = r["systems"]
     g = [
-        {"goal": "q4asr int4 ONNX >= 7x smaller than float32 ONNX",
-         "value": f"{s['onnx_q4asr_int4']['x_smaller']:.2f}x",
-         "met": s["onnx_q4asr_int4"]["x_smaller"] >= 7},
-        {"goal": "q4asr int8 ONNX RTF >= 1.6x better than float32 ONNX",
-         "value": f"{s['onnx_q4asr_int8']['rtf_x_better']:.2f}x",
-         "met": s["onnx_q4asr_int8"]["rtf_x_better"] >= 1.6},
-        {"goal": "q4asr int8 ONNX RTF no worse than quantize_dynamic int8",
-         "value": f"{s['onnx_q4asr_int8']['rtf']:.4f} vs "
-                  f"{s['onnx_dynamic_int8']['rtf']:.4f}",
-         "met": s["onnx_q4asr_int8"]["rtf"] <= s["onnx_dynamic_int8"]["rtf"]},
+        {
+            "goal": "q4asr int4 ONNX >= 7x smaller than float32 ONNX",
+            "value": f"{s['onnx_q4asr_int4']['x_smaller']:.2f}x",
+            "met": s["onnx_q4asr_int4"]["x_smaller"] >= 7,
+        },
+        {
+            "goal": "q4asr int8 ONNX RTF >= 1.6x better than float32 ONNX",
+            "value": f"{s['onnx_q4asr_int8']['rtf_x_better']:.2f}x",
+            "met": s["onnx_q4asr_int8"]["rtf_x_better"] >= 1.6,
+        },
+        {
+            "goal": "q4asr int8 ONNX RTF no worse than quantize_dynamic int8",
+            "value": f"{s['onnx_q4asr_int8']['rtf']:.4f} vs "
+            f"{s['onnx_dynamic_int8']['rtf']:.4f}",
+            "met": s["onnx_q4asr_int8"]["rtf"] <= s["onnx_dynamic_int8"]["rtf"],
+        },
     ]
     if r["trained"]:
-        g.append({"goal": "WER of q4asr int4 ONNX no worse than quantize_dynamic int8",
-                  "value": f"{s['onnx_q4asr_int4']['wer']:.2f} vs "
-                           f"{s['onnx_dynamic_int8']['wer']:.2f}",
-                  "met": s["onnx_q4asr_int4"]["wer"] <= s["onnx_dynamic_int8"]["wer"]})
+        g.append(
+            {
+                "goal": "WER of q4asr int4 ONNX no worse than quantize_dynamic int8",
+                "value": f"{s['onnx_q4asr_int4']['wer']:.2f} vs "
+                f"{s['onnx_dynamic_int8']['wer']:.2f}",
+                "met": s["onnx_q4asr_int4"]["wer"] <= s["onnx_dynamic_int8"]["wer"],
+            }
+        )
     return g
 
 
@@ -269,42 +316,73 @@ def render(r: dict[str, Any]) -> str:
     """The section's markdown (between the section markers)."""
     cfg = r["model_config"]
     v = r["versions"]
-    L = [BEGIN, "", "## ONNX for sherpa-onnx", "",
-         f"Generated by `{r['command']}` ({r['seconds']} s), onnxruntime "
-         f"{v['onnxruntime']}, sherpa-onnx {v['sherpa_onnx']}, 1 thread; load average "
-         f"at the end {r['load_average']} (the machine was shared with other work).", "",
-         f"Model: Conformer transducer, {r['num_params']:,} parameters (d_model "
-         f"{cfg['d_model']}, {cfg['num_layers']} layers, vocab {cfg['vocab_size']}), "
-         + ("the demo recipe's trained models." if r["trained"] else
-            "random weights (speed and size only)."),
-         f"Audio: {r['utterances']} utterances, {r['audio_seconds']} s, "
-         + ("the recipe's test part." if r["trained"] else "espeak-ng speech.")
-         + f" Medians of {r['repeats']} round-robin repeats.", ""]
-    head = ["system", "ONNX bytes", "x smaller", "encoder s (onnxruntime)",
-            "x faster", "RTF (sherpa-onnx)", "x better"]
+    L = [
+        BEGIN,
+        "",
+        "## ONNX for sherpa-onnx",
+        "",
+        f"Generated by `{r['command']}` ({r['seconds']} s), onnxruntime "
+        f"{v['onnxruntime']}, sherpa-onnx {v['sherpa_onnx']}, 1 thread; load average "
+        f"at the end {r['load_average']} (the machine was shared with other work).",
+        "",
+        f"Model: Conformer transducer, {r['num_params']:,} parameters (d_model "
+        f"{cfg['d_model']}, {cfg['num_layers']} layers, vocab {cfg['vocab_size']}), "
+        + (
+            "the demo recipe's trained models."
+            if r["trained"]
+            else "random weights (speed and size only)."
+        ),
+        f"Audio: {r['utterances']} utterances, {r['audio_seconds']} s, "
+        + ("the recipe's test part." if r["trained"] else "espeak-ng speech.")
+        + f" Medians of {r['repeats']} round-robin repeats.",
+        "",
+    ]
+    head = [
+        "system",
+        "ONNX bytes",
+        "x smaller",
+        "encoder s (onnxruntime)",
+        "x faster",
+        "RTF (sherpa-onnx)",
+        "x better",
+    ]
     if r["trained"]:
         head.append("WER %")
     L += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s, row in r["systems"].items():
-        cells = [s, f"{row['bytes']:,}", f"{row['x_smaller']:.2f}",
-                 f"{row['encoder_s']:.4f}", f"{row['encoder_x_faster']:.2f}",
-                 f"{row['rtf']:.4f}", f"{row['rtf_x_better']:.2f}"]
+        cells = [
+            s,
+            f"{row['bytes']:,}",
+            f"{row['x_smaller']:.2f}",
+            f"{row['encoder_s']:.4f}",
+            f"{row['encoder_x_faster']:.2f}",
+            f"{row['rtf']:.4f}",
+            f"{row['rtf_x_better']:.2f}",
+        ]
         if r["trained"]:
             cells.append(f"{row['wer']:.2f}")
         L.append("| " + " | ".join(cells) + " |")
-    L += ["", "- Size: encoder.onnx + decoder.onnx + joiner.onnx. q4asr's int4 weights are"
-          " two a byte in the file (unpacked into constants when onnxruntime loads it);"
-          " its int8 weights are stored as uint8 `w + 128`.",
-          "- Encoder: the same padded batch of lhotse features through each encoder.onnx;"
-          " RTF: sherpa-onnx from the audio (its own kaldi-native-fbank features, greedy"
-          " search), all utterances as one batch.",
-          "- q4asr's int8 layers run uint8 x uint8 `MatMulInteger`: exact on every CPU."
-          " uint8 x int8 (what quantize_dynamic uses) is faster on CPUs without VNNI but"
-          " sums pairs of products in int16, which saturates for 8-bit weights (wrong"
-          " sums measured on this AVX2 CPU); q4asr's int4 layers use uint8 x int8, where"
-          " no pair can saturate.", "", "| goal | this run | met |", "|---|---|---|"]
-    L += [f"| {g['goal']} | {g['value']} | {'yes' if g['met'] else '**no**'} |"
-          for g in r["goals"]]
+    L += [
+        "",
+        "- Size: encoder.onnx + decoder.onnx + joiner.onnx. q4asr's int4 weights are"
+        " two a byte in the file (unpacked into constants when onnxruntime loads it);"
+        " its int8 weights are stored as uint8 `w + 128`.",
+        "- Encoder: the same padded batch of lhotse features through each encoder.onnx;"
+        " RTF: sherpa-onnx from the audio (its own kaldi-native-fbank features, greedy"
+        " search), all utterances as one batch.",
+        "- q4asr's int8 layers run uint8 x uint8 `MatMulInteger`: exact on every CPU."
+        " uint8 x int8 (what quantize_dynamic uses) is faster on CPUs without VNNI but"
+        " sums pairs of products in int16, which saturates for 8-bit weights (wrong"
+        " sums measured on this AVX2 CPU); q4asr's int4 layers use uint8 x int8, where"
+        " no pair can saturate.",
+        "",
+        "| goal | this run | met |",
+        "|---|---|---|",
+    ]
+    L += [
+        f"| {g['goal']} | {g['value']} | {'yes' if g['met'] else '**no**'} |"
+        for g in r["goals"]
+    ]
     L += ["", END]
     return "\n".join(L) + "\n"
 
@@ -313,16 +391,27 @@ def splice(markdown: Path, section: str) -> None:
     """Replace the section between the markers in ``markdown`` (or append it)."""
     text = markdown.read_text() if markdown.is_file() else ""
     pat = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END) + "\n?", re.S)
-    text = pat.sub(section, text) if pat.search(text) else text.rstrip() + "\n\n" + section
+    text = (
+        pat.sub(section, text) if pat.search(text) else text.rstrip() + "\n\n" + section
+    )
     markdown.write_text(text)
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--onnx-utts", dest="utts", type=int, default=8,
-                    help="utterances for the ONNX section")
+    ap.add_argument(
+        "--onnx-utts",
+        dest="utts",
+        type=int,
+        default=8,
+        help="utterances for the ONNX section",
+    )
     ap.add_argument("--onnx-repeats", dest="onnx_repeats", type=int, default=5)
-    ap.add_argument("--exp", type=Path, default=None,
-                    help="a recipe's exp dir: benchmark its trained models (and WER)")
+    ap.add_argument(
+        "--exp",
+        type=Path,
+        default=None,
+        help="a recipe's exp dir: benchmark its trained models (and WER)",
+    )
     ap.add_argument("--manifests", type=Path, default=RECIPE / "data/manifests")
     ap.add_argument("--part", default="test")
 
@@ -336,11 +425,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     add_arguments(ap)
     ap.add_argument("--small", action="store_true", help="the small model of bench.py")
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--markdown", type=Path, default=None,
-                    help="replace (or append) the ONNX section of this file")
+    ap.add_argument(
+        "--markdown",
+        type=Path,
+        default=None,
+        help="replace (or append) the ONNX section of this file",
+    )
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     args.argv = argv
     args.repeats = args.onnx_repeats
     args.model_config = model_config(args.small, RECIPE / "conf/train.yaml")

@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--json", default=None, help="write the WER summary here")
+    p.add_argument("--out", default=None, help="write the hypotheses here, not stdout")
     p.add_argument("--num-threads", type=int, default=None)
     args = p.parse_args(argv)
     setup_logging(logging.WARNING)
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
     errors: list[str] = []
     refs: list[str] = []
     hyps: list[str] = []
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             texts = recognize_batch(asr, x, lens, args.method, args.beam)
         compute_s += time.perf_counter() - start
         for (utt, _, ref), hyp in zip(batch, texts):
-            print(f"{utt}\t{hyp}", flush=True)
+            print(f"{utt}\t{hyp}", file=out, flush=True)
             if ref is not None:
                 refs.append(ref)
                 hyps.append(hyp)
@@ -125,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         if len(batch) >= args.batch_size:
             flush()
     flush()
+    if args.out:
+        out.close()
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
     if refs:

@@ -539,6 +539,22 @@ def _compact(graph) -> None:
             names[name] = f"{len(names):x}"
         return names[name]
 
+    # one Constant node per distinct value (the exporter writes one per use)
+    first: dict[bytes, str] = {}
+    alias: dict[str, str] = {}
+    nodes = []
+    for node in graph.node:
+        if node.op_type == "Constant" and len(node.output) == 1:
+            key = b"".join(a.SerializeToString() for a in node.attribute)
+            if key in first and node.output[0] not in keep:
+                alias[node.output[0]] = first[key]
+                continue
+            first.setdefault(key, node.output[0])
+        nodes.append(node)
+    for node in nodes:
+        node.input[:] = [alias.get(n, n) for n in node.input]
+    del graph.node[:]
+    graph.node.extend(nodes)
     for init in graph.initializer:
         init.name = short(init.name)
     for node in graph.node:
