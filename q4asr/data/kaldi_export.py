@@ -17,19 +17,15 @@ from pathlib import Path
 
 from lhotse import load_manifest
 
+from q4asr.data.features import part_manifests
+
 
 def write_kaldi_data_dir(
     manifest_dir: str | Path, prefix: str, part: str, out_dir: str | Path
 ) -> int:
     """Write the Kaldi data dir of one part; returns the number of utterances."""
-    manifest_dir, out_dir = Path(manifest_dir), Path(out_dir)
-    paths = {
-        k: manifest_dir / f"{prefix}_{k}_{part}.jsonl.gz"
-        for k in ("recordings", "supervisions")
-    }
-    for p in paths.values():
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: no such manifest")
+    paths = part_manifests(manifest_dir, prefix, part)
+    out_dir = Path(out_dir)
     recs = load_manifest(paths["recordings"])
     sups = load_manifest(paths["supervisions"])
     wav, segments, text, utt2spk = [], [], [], []
