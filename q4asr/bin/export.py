@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --format onnx: an exported model file to convert")
     args = p.parse_args(argv)
     setup_logging()
+    if args.model is not None and args.format != "onnx":
+        p.error("--model goes with --format onnx")
     if args.model is None and not (args.checkpoint and args.method and args.bpe_model):
         p.error("--checkpoint, --method and --bpe-model are required (or --format onnx "
                 "--model FILE)")
