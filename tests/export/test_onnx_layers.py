@@ -173,3 +173,18 @@ def test_rel_shift_by_padding_equals_rel_shift():
         torch.testing.assert_close(
             rel_shift_by_padding(x), rel_shift(x), rtol=0, atol=0
         )
+
+
+def test_round_half_to_even_as_q4asr(tmp_path):
+    """Rows whose scale is exactly 1 (max |x| = 127) and whose values sit exactly
+    halfway between integers: ONNX Round must round them to even, as torch.round
+    (rounding half away from zero would move 48 of the products)."""
+    layers = integer_layers(Precision(weight_bits=8, act_bits=8))
+    mod = layers.linear
+    x = torch.arange(-60, 60, dtype=torch.float32).repeat(3, 1)[:, :48] + 0.5
+    x[:, 0] = 127.0
+    x = x.reshape(3, 1, 48)
+    with torch.no_grad():
+        want = mod(x)
+    got = run_onnx(onnx_module(mod), x, x, {0: "a", 1: "b"}, tmp_path / "r.onnx")
+    np.testing.assert_array_equal(got, want.numpy())
