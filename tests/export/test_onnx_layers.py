@@ -178,7 +178,7 @@ def test_rel_shift_by_padding_equals_rel_shift():
 def test_round_half_to_even_as_q4asr(tmp_path):
     """Rows whose scale is exactly 1 (max |x| = 127) and whose values sit exactly
     halfway between integers: ONNX Round must round them to even, as torch.round
-    (rounding half away from zero would move 48 of the products)."""
+    (rounding half away from zero gives other outputs)."""
     layers = integer_layers(Precision(weight_bits=8, act_bits=8))
     mod = layers.linear
     x = torch.arange(-60, 60, dtype=torch.float32).repeat(3, 1)[:, :48] + 0.5
