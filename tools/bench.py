@@ -963,6 +963,34 @@ def update_marked(path: Path, text: str, mark: tuple[str, str]) -> None:
     else:
         new = old.rstrip("\n") + "\n\n" + text
     atomic_write(path, lambda tmp: Path(tmp).write_text(new))
+# ----------------------------------------------------------------- ONNX section
+# (tools/bench_onnx.py: float32, quantize_dynamic int8 and q4asr integer models as ONNX,
+# run by onnxruntime and sherpa-onnx; also runnable on its own)
+
+
+def onnx_arguments(ap: argparse.ArgumentParser) -> None:
+    import bench_onnx
+
+    ap.add_argument(
+        "--onnx", action="store_true", help="add the ONNX section (tools/bench_onnx.py)"
+    )
+    bench_onnx.add_arguments(ap)
+
+
+def onnx_section(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any]:
+    import bench_onnx
+
+    args.model_config = result["model_config"]
+    ns = argparse.Namespace(
+        **{**vars(args), "repeats": args.onnx_repeats, "command": result["command"]}
+    )
+    return bench_onnx.run(ns)
+
+
+def render_onnx(r: dict[str, Any]) -> str:
+    import bench_onnx
+
+    return bench_onnx.render(r)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -1027,6 +1055,7 @@ def get_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--load-md", type=Path, default=None, help="update that section in this file"
     )
+    onnx_arguments(ap)
     ap.add_argument("--child-system", help=argparse.SUPPRESS)
     ap.add_argument("--child-spec", help=argparse.SUPPRESS)
     return ap
@@ -1066,12 +1095,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             update_marked(args.load_md, render_load_markdown(result), LOAD_MARK)
         return result
     result = run(args)
+    if args.onnx:
+        result["onnx"] = onnx_section(args, result)
     text = json.dumps(result, indent=1)
     print(text)
     if args.json:
         atomic_write(args.json, lambda tmp: Path(tmp).write_text(text + "\n"))
     if args.markdown:
         md = render_markdown(result)
+        if "onnx" in result:
+            md = md.rstrip("\n") + "\n\n" + render_onnx(result["onnx"])
         atomic_write(args.markdown, lambda tmp: Path(tmp).write_text(md))
     return result
 

@@ -2,6 +2,10 @@
 
     q4asr-transcribe --model exp/qat_w4a8/model.safetensors a.wav b.flac
     q4asr-transcribe --model model.safetensors data/test --json wer.json
+    q4asr-transcribe --onnx exp/qat_w4a8/onnx data/test     # with sherpa-onnx
+
+``--onnx DIR`` runs the files of ``q4asr-export --format onnx`` in sherpa-onnx (its own
+kaldi-native-fbank features, greedy or modified beam search) instead of PyTorch.
 
 DATA is audio files (utterance id = file name without extension) or Kaldi data dirs
 (``wav.scp``, optional ``text`` and ``segments``; ``utt2spk`` ignored; relative paths
@@ -54,24 +58,35 @@ def utterances(inputs: list[str], errors: list[str]):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True, help="model file (.safetensors)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="model file (.safetensors)")
+    which.add_argument("--onnx", help="ONNX model dir (q4asr-export --format onnx)")
     p.add_argument("data", nargs="+", help="audio files or Kaldi data dirs")
     p.add_argument("--method", default="greedy_search", choices=METHODS)
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--json", default=None, help="write the WER summary here")
+    p.add_argument("--out", default=None, help="write the hypotheses here, not stdout")
     p.add_argument("--num-threads", type=int, default=None)
     args = p.parse_args(argv)
     setup_logging(logging.WARNING)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     try:
-        asr = load_asr_model(args.model)
-    except (OSError, ValueError) as e:
+        if args.onnx:
+            from q4asr.export.sherpa import sherpa_recognizer, sherpa_transcribe
+
+            recognizer = sherpa_recognizer(args.onnx, args.num_threads or 1,
+                                           args.method, args.beam)
+            sr = 16000
+        else:
+            asr = load_asr_model(args.model)
+            sr = int(asr.feature_config.get("sampling_rate", 16000))
+            extractor = fbank_extractor(int(asr.feature_config.get("num_mel_bins", 80)))
+    except (OSError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    sr = int(asr.feature_config.get("sampling_rate", 16000))
-    extractor = fbank_extractor(int(asr.feature_config.get("num_mel_bins", 80)))
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
     errors: list[str] = []
     refs: list[str] = []
     hyps: list[str] = []
@@ -83,13 +98,17 @@ def main(argv: list[str] | None = None) -> int:
         if not batch:
             return
         start = time.perf_counter()
-        feats = [torch.as_tensor(extractor.extract(a.numpy(), sr)) for _, a, _ in batch]
-        lens = torch.tensor([f.shape[0] for f in feats], dtype=torch.int64)
-        x = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
-        texts = recognize_batch(asr, x, lens, args.method, args.beam)
+        if args.onnx:
+            texts = sherpa_transcribe(recognizer, [a.numpy() for _, a, _ in batch], sr)
+        else:
+            feats = [torch.as_tensor(extractor.extract(a.numpy(), sr))
+                     for _, a, _ in batch]
+            lens = torch.tensor([f.shape[0] for f in feats], dtype=torch.int64)
+            x = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
+            texts = recognize_batch(asr, x, lens, args.method, args.beam)
         compute_s += time.perf_counter() - start
         for (utt, _, ref), hyp in zip(batch, texts):
-            print(f"{utt}\t{hyp}", flush=True)
+            print(f"{utt}\t{hyp}", file=out, flush=True)
             if ref is not None:
                 refs.append(ref)
                 hyps.append(hyp)
@@ -108,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         if len(batch) >= args.batch_size:
             flush()
     flush()
+    if args.out:
+        out.close()
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
     if refs:

@@ -115,6 +115,20 @@ def _compute_job(
     return CutSet.from_cuts(out), failures
 
 
+def part_manifests(manifest_dir: str | Path, prefix: str, part: str) -> dict[str, Path]:
+    """``{"recordings": path, "supervisions": path}`` of one part of a corpus
+    (``<prefix>_{recordings,supervisions}_<part>.jsonl.gz``); FileNotFoundError names
+    a missing one."""
+    paths = {
+        k: Path(manifest_dir) / f"{prefix}_{k}_{part}.jsonl.gz"
+        for k in ("recordings", "supervisions")
+    }
+    for p in paths.values():
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: manifest not found")
+    return paths
+
+
 def compute_fbank(
     manifest_dir: str | Path,
     out_dir: str | Path,
@@ -133,13 +147,7 @@ def compute_fbank(
     recording of the part could be read.
     """
     manifest_dir, out_dir = Path(manifest_dir), Path(out_dir)
-    paths = {
-        k: manifest_dir / f"{prefix}_{k}_{part}.jsonl.gz"
-        for k in ("recordings", "supervisions")
-    }
-    for p in paths.values():
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: manifest not found")
+    paths = part_manifests(manifest_dir, prefix, part)
     recordings = load_manifest(paths["recordings"])
     supervisions = load_manifest(paths["supervisions"])
     cuts = CutSet.from_manifests(recordings=recordings, supervisions=supervisions)

@@ -93,6 +93,14 @@ def test_stop_after_middle_stage_then_resume_to_report(recipe):
     assert (recipe / "exp/wer_vs_size.png").stat().st_size > 1000
     md = (recipe / "RESULTS.md").read_text()
     assert "qat_w4a8" in md and "q4asr-report:begin" in md
+    # stage 17: ONNX files and the test parts transcribed by sherpa-onnx
+    for name in systems:
+        for f in ("encoder.onnx", "decoder.onnx", "joiner.onnx", "tokens.txt"):
+            assert (recipe / f"exp/{name}/onnx/{f}").is_file(), (name, f)
+        for part in ("test", "test_heldout"):
+            summary = json.loads((recipe / f"exp/{name}/decode_onnx/{part}.json").read_text())
+            assert summary["utts"] == len((recipe / f"data/kaldi/{part}/text").read_text()
+                                          .splitlines())
 
     # a second run with everything done redoes nothing but the report
     r = run(recipe, "--stage", "12")

@@ -16,6 +16,8 @@
 #                (float32, PTQ calibrated from its float system, or QAT converted to integers)
 #   15 decode    every test part, every method     -> exp/<system>/decode/
 #   16 report    WER and size of every system      -> exp/results.json, RESULTS.md, exp/wer_vs_size.png
+#   17 onnx      ONNX files for sherpa-onnx, and the test parts transcribed by sherpa-onnx
+#                (integer layers as integer ops)   -> exp/<system>/onnx/, exp/<system>/decode_onnx/
 #
 # Options (defaults below): --stage --stop-stage --prefix --train-part --dev-part --test-parts
 #   --systems --nbpe --nj --avg --decode-methods --max-steps (override every system's config)
@@ -165,5 +167,26 @@ if run_stage 16 "report WER and model size of every system"; then
   q4asr-report --systems "$systems" --exp-dir "$exp_dir" --test-parts $test_parts \
     --decode-method "$(echo "$decode_methods" | awk '{print $1}')" \
     --results-md "$results_md" --title "${results_title:-$prefix}"
+  end_stage
+fi
+
+if run_stage 17 "export ONNX for sherpa-onnx and transcribe $test_parts with it"; then
+  for part in $test_parts; do
+    done_or_run "$data_dir/kaldi/$part/.kaldi.done" \
+      python -m q4asr.data.kaldi_export --manifests "$manifest_dir" --prefix "$prefix" \
+        --part "$part" --out "$data_dir/kaldi/$part"
+  done
+  for s in $(sys_list); do
+    done_or_run "$exp_dir/$s/onnx/.onnx.done" \
+      q4asr-export --format onnx --model "$exp_dir/$s/model.safetensors" \
+        --out "$exp_dir/$s/onnx"
+    mkdir -p "$exp_dir/$s/decode_onnx"
+    for part in $test_parts; do
+      done_or_run "$exp_dir/$s/decode_onnx/.$part.done" \
+        q4asr-transcribe --onnx "$exp_dir/$s/onnx" "$data_dir/kaldi/$part" --num-threads 1 \
+          --json "$exp_dir/$s/decode_onnx/$part.json" \
+          --out "$exp_dir/$s/decode_onnx/hyp-$part.txt"
+    done
+  done
   end_stage
 fi
