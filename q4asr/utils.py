@@ -29,11 +29,17 @@ def git_sha(path: str | Path | None = None) -> str:
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=cwd, capture_output=True, text=True, check=True,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd, capture_output=True, text=True, check=True,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
@@ -83,3 +89,17 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def update_marked(path: str | Path, text: str, mark: tuple[str, str]) -> Path:
+    """Replace the section of ``path`` from ``mark[0]`` to ``mark[1]`` (and the line
+    end after it) by ``text``, which carries the marks itself; append it when the
+    file has no such section. Written atomically."""
+    path = Path(path)
+    old = path.read_text() if path.exists() else ""
+    if mark[0] in old and mark[1] in old:
+        a, b = old.index(mark[0]), old.index(mark[1]) + len(mark[1]) + 1
+        new = old[:a] + text + old[b:]
+    else:
+        new = old.rstrip("\n") + "\n\n" + text
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(new))

@@ -62,7 +62,7 @@ from q4asr.quant import (  # noqa: E402
     prepare,
     save_quantized,
 )
-from q4asr.utils import atomic_write, get_env_info  # noqa: E402
+from q4asr.utils import atomic_write, get_env_info, update_marked  # noqa: E402
 
 RECIPE = REPO / "egs" / "synth" / "ASR"
 PLANS = {
@@ -952,20 +952,6 @@ def render_load_markdown(r: dict[str, Any]) -> str:
         lines.append("")
     lines += [LOAD_MARK[1], ""]
     return "\n".join(lines)
-
-
-def update_marked(path: Path, text: str, mark: tuple[str, str]) -> None:
-    """Replace the section between ``mark`` in ``path`` (or append it)."""
-    old = path.read_text() if path.exists() else ""
-    if mark[0] in old and mark[1] in old:
-        a, b = old.index(mark[0]), old.index(mark[1]) + len(mark[1]) + 1
-        new = old[:a] + text + old[b:]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    atomic_write(path, lambda tmp: Path(tmp).write_text(new))
-# ----------------------------------------------------------------- ONNX section
-# (tools/bench_onnx.py: float32, quantize_dynamic int8 and q4asr integer models as ONNX,
-# run by onnxruntime and sherpa-onnx; also runnable on its own)
 
 
 def onnx_arguments(ap: argparse.ArgumentParser) -> None:

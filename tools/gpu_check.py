@@ -735,17 +735,11 @@ def markdown(res: dict) -> str:
 
 
 def markdown_cmd(args: argparse.Namespace) -> int:
-    res = json.loads(Path(args.json).read_text())
-    text = markdown(res)
+    from q4asr.utils import update_marked
+
+    text = markdown(json.loads(Path(args.json).read_text()))
     if args.update:
-        md = Path(args.update)
-        old = md.read_text() if md.exists() else ""
-        if MARK[0] in old and MARK[1] in old:
-            a, b = old.index(MARK[0]), old.index(MARK[1]) + len(MARK[1]) + 1
-            new = old[:a] + text + old[b:]
-        else:
-            new = old.rstrip("\n") + "\n\n" + text
-        md.write_text(new)
+        update_marked(args.update, text, MARK)
     else:
         print(text)
     return 0

@@ -66,6 +66,24 @@ class IntModule(QuantModule, nn.Module):
             self.act_amax = self.act_amax.to(device)
         self.eval()
 
+    @classmethod
+    def like(cls, qat: nn.Module, device=None) -> IntModule:
+        """An empty integer module of the QAT module's shape and precision."""
+        return cls(
+            tuple(qat.weight.shape),
+            qat.precision,
+            qat.qname,
+            qat.bias is not None,
+            device=device,
+        )
+
+    @classmethod
+    def from_qat(cls, qat: nn.Module) -> IntModule:
+        """The integer module of a QAT module: its weights quantized and stored."""
+        new = cls.like(qat, device=qat.weight.device)
+        new._fill_from(qat)
+        return new
+
     @torch.no_grad()
     def _fill_from(self, qat: nn.Module) -> None:
         """Quantize and store the QAT module's weights (and copy bias, act_amax)."""
@@ -115,23 +133,6 @@ class IntModule(QuantModule, nn.Module):
 class IntLinear(IntModule):
     """Serving Linear. x: (..., in) -> (..., out)."""
 
-    @classmethod
-    def from_qat(cls, qat: QATLinear) -> IntLinear:
-        new = cls.like(qat, device=qat.weight.device)
-        new._fill_from(qat)
-        return new
-
-    @classmethod
-    def like(cls, qat: QATLinear, device=None) -> IntLinear:
-        """An empty skeleton of the QAT module's shape and precision."""
-        return cls(
-            tuple(qat.weight.shape),
-            qat.precision,
-            qat.qname,
-            qat.bias is not None,
-            device=device,
-        )
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n_out, K = self.weight_shape
         assert x.shape[-1] == K, (self.qname, x.shape)
@@ -145,17 +146,18 @@ class IntLinear(IntModule):
         return y.reshape(*x.shape[:-1], n_out)
 
 
-class IntConv1d(IntModule):
-    """Serving Conv1d. x: (N, C_in, T) -> (N, C_out, T')."""
+class _IntConv(IntModule):
+    """A serving convolution: storage plus the conv's arguments; ``_op`` is its
+    forward in :mod:`q4asr.quant.ops`."""
 
-    def __init__(
-        self, weight_shape, precision, qname, bias, args: ops.Conv1dArgs, device=None
-    ) -> None:
+    _op = staticmethod(ops.conv1d)
+
+    def __init__(self, weight_shape, precision, qname, bias, args, device=None) -> None:
         super().__init__(weight_shape, precision, qname, bias, device=device)
         self.conv_args = args
 
     @classmethod
-    def like(cls, qat: QATConv1d, device=None) -> IntConv1d:
+    def like(cls, qat: nn.Module, device=None) -> _IntConv:
         return cls(
             tuple(qat.weight.shape),
             qat.precision,
@@ -165,66 +167,39 @@ class IntConv1d(IntModule):
             device=device,
         )
 
-    @classmethod
-    def from_qat(cls, qat: QATConv1d) -> IntConv1d:
-        new = cls.like(qat, device=qat.weight.device)
-        new._fill_from(qat)
-        return new
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ops.check_input(self.qname, x)
+        return self._op(
+            x,
+            self.weight_operand(),
+            self.bias_operand(),
+            self.act_quant(),
+            self.weight_shape,
+            self.conv_args,
+        )
+
+
+class IntConv1d(_IntConv):
+    """Serving Conv1d (conv_args: ops.Conv1dArgs). x: (N, C_in, T) -> (N, C_out, T')."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, Cg, _ = self.weight_shape
+        Cg = self.weight_shape[1]
         assert x.ndim == 3 and x.shape[1] == Cg * self.conv_args.groups, (
             self.qname,
             x.shape,
         )
-        ops.check_input(self.qname, x)
-        return ops.conv1d(
-            x,
-            self.weight_operand(),
-            self.bias_operand(),
-            self.act_quant(),
-            self.weight_shape,
-            self.conv_args,
-        )
+        return super().forward(x)
 
 
-class IntConv2d(IntModule):
-    """Serving Conv2d (groups=1). x: (N, C_in, H, W) -> (N, C_out, H', W')."""
+class IntConv2d(_IntConv):
+    """Serving Conv2d, groups=1 (conv_args: ops.Conv2dArgs).
+    x: (N, C_in, H, W) -> (N, C_out, H', W')."""
 
-    def __init__(
-        self, weight_shape, precision, qname, bias, args: ops.Conv2dArgs, device=None
-    ) -> None:
-        super().__init__(weight_shape, precision, qname, bias, device=device)
-        self.conv_args = args
-
-    @classmethod
-    def like(cls, qat: QATConv2d, device=None) -> IntConv2d:
-        return cls(
-            tuple(qat.weight.shape),
-            qat.precision,
-            qat.qname,
-            qat.bias is not None,
-            qat.conv_args(),
-            device=device,
-        )
-
-    @classmethod
-    def from_qat(cls, qat: QATConv2d) -> IntConv2d:
-        new = cls.like(qat, device=qat.weight.device)
-        new._fill_from(qat)
-        return new
+    _op = staticmethod(ops.conv2d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         assert x.ndim == 4 and x.shape[1] == self.weight_shape[1], (self.qname, x.shape)
-        ops.check_input(self.qname, x)
-        return ops.conv2d(
-            x,
-            self.weight_operand(),
-            self.bias_operand(),
-            self.act_quant(),
-            self.weight_shape,
-            self.conv_args,
-        )
+        return super().forward(x)
 
 
 class IntEmbedding(IntModule):
@@ -246,12 +221,6 @@ class IntEmbedding(IntModule):
             qat.padding_idx,
             device=device,
         )
-
-    @classmethod
-    def from_qat(cls, qat: QATEmbedding) -> IntEmbedding:
-        new = cls.like(qat, device=qat.weight.device)
-        new._fill_from(qat)
-        return new
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.qweight is None:
