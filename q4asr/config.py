@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-LR_SCHEDULES = ("warmup_cosine", "noam", "constant")
+LR_SCHEDULES = ("warmup_cosine", "noam", "constant", "eden")
 
 
 class ConfigError(ValueError):
@@ -143,6 +143,8 @@ class TrainConfig:
     ``final_lr_ratio * lr`` at the last step), ``noam`` (inverse square root after
     warm-up) or ``constant``. ``model_warmup_steps`` ramps the pruned RNN-T loss in
     (the model's ``warmup`` argument is ``step / model_warmup_steps``).
+    ``eden`` (icefall's Eden factor, over steps): warm-up, then
+    ``lr * ((step^2 + lr_decay_steps^2) / lr_decay_steps^2) ** -0.25``.
     """
 
     seed: int = 42
@@ -154,6 +156,7 @@ class TrainConfig:
     lr_schedule: str = "warmup_cosine"
     warmup_steps: int = 500
     final_lr_ratio: float = 0.02
+    lr_decay_steps: int = 5000
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     weight_decay: float = 1e-3
     grad_clip: float | None = 5.0
@@ -184,6 +187,7 @@ class TrainConfig:
             "num_epochs",
             "num_buckets",
             "warmup_steps",
+            "lr_decay_steps",
             "model_warmup_steps",
             "num_workers",
             "log_every",
@@ -200,6 +204,7 @@ class TrainConfig:
             "max_duration",
             "num_buckets",
             "lr",
+            "lr_decay_steps",
             "model_warmup_steps",
             "max_utterance_duration",
             "log_every",

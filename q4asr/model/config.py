@@ -19,6 +19,8 @@ class ModelConfig:
     # input and encoder
     num_mel_bins: int = 80
     subsampling_channels: int = 64
+    subsampling_first_channels: int = 0  # 0: the same as subsampling_channels
+    subsampling_factor: int = 4  # 4 or 8
     d_model: int = 144
     num_layers: int = 6
     num_heads: int = 4
@@ -57,7 +59,13 @@ class ModelConfig:
                 raise ValueError(
                     f"ModelConfig.{name} must be a positive integer, got {value!r}"
                 )
-        for name in ("vocab_size", "blank_id", "prune_range"):
+        for name in (
+            "vocab_size",
+            "blank_id",
+            "prune_range",
+            "subsampling_first_channels",
+            "subsampling_factor",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(
@@ -74,10 +82,21 @@ class ModelConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"ModelConfig.{name} must be a number, got {value!r}")
             setattr(self, name, float(value))
-        if self.num_mel_bins < 7:
+        if self.subsampling_first_channels < 0:
             raise ValueError(
-                "ModelConfig.num_mel_bins must be >= 7 for the x4 conv subsampling, "
-                f"got {self.num_mel_bins}"
+                "ModelConfig.subsampling_first_channels must be >= 0 (0: the same as "
+                f"subsampling_channels), got {self.subsampling_first_channels}"
+            )
+        if self.subsampling_factor not in (4, 8):
+            raise ValueError(
+                "ModelConfig.subsampling_factor must be 4 or 8, "
+                f"got {self.subsampling_factor}"
+            )
+        min_bins = 7 if self.subsampling_factor == 4 else 15
+        if self.num_mel_bins < min_bins:
+            raise ValueError(
+                f"ModelConfig.num_mel_bins must be >= {min_bins} for the "
+                f"x{self.subsampling_factor} conv subsampling, got {self.num_mel_bins}"
             )
         if self.d_model % self.num_heads != 0:
             raise ValueError(
