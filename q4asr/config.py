@@ -143,6 +143,8 @@ class TrainConfig:
     ``final_lr_ratio * lr`` at the last step), ``noam`` (inverse square root after
     warm-up) or ``constant``. ``model_warmup_steps`` ramps the pruned RNN-T loss in
     (the model's ``warmup`` argument is ``step / model_warmup_steps``).
+    ``adam_fused`` uses AdamW's fused kernel (one pass over all parameters instead of
+    a loop of small ops per tensor: on a 2-core CPU ~5% of a demo training step).
     ``eden`` (icefall's Eden factor, over steps): warm-up, then
     ``lr * ((step^2 + lr_decay_steps^2) / lr_decay_steps^2) ** -0.25``.
     """
@@ -158,6 +160,7 @@ class TrainConfig:
     final_lr_ratio: float = 0.02
     lr_decay_steps: int = 5000
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    adam_fused: bool = False
     weight_decay: float = 1e-3
     grad_clip: float | None = 5.0
     model_warmup_steps: int = 2000
@@ -251,6 +254,10 @@ class TrainConfig:
                 f"{w}.adam_betas: expected two numbers in [0, 1), got {betas!r}"
             )
         self.adam_betas = [float(b) for b in betas]
+        if not isinstance(self.adam_fused, bool):
+            raise ConfigError(
+                f"{w}.adam_fused: expected true/false, got {self.adam_fused!r}"
+            )
         if not isinstance(self.on_the_fly_features, bool):
             raise ConfigError(
                 f"{w}.on_the_fly_features: expected true/false, "

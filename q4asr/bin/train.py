@@ -179,12 +179,14 @@ class LRSchedule:
 
 
 def make_optimizer(model: torch.nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over every parameter with ``tc.lr``, ``tc.adam_betas``, ``tc.weight_decay``."""
+    """AdamW over every parameter with ``tc.lr``, ``tc.adam_betas``,
+    ``tc.weight_decay`` (its fused kernel with ``tc.adam_fused``)."""
     return torch.optim.AdamW(
         model.parameters(),
         lr=tc.lr,
         betas=tuple(tc.adam_betas),
         weight_decay=tc.weight_decay,
+        fused=True if tc.adam_fused else None,
     )
 
 

@@ -20,7 +20,6 @@ class ModelConfig:
     num_mel_bins: int = 80
     subsampling_channels: int = 64
     subsampling_first_channels: int = 0  # 0: the same as subsampling_channels
-    subsampling_factor: int = 4  # 4 or 8
     d_model: int = 144
     num_layers: int = 6
     num_heads: int = 4
@@ -64,7 +63,6 @@ class ModelConfig:
             "blank_id",
             "prune_range",
             "subsampling_first_channels",
-            "subsampling_factor",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -87,16 +85,10 @@ class ModelConfig:
                 "ModelConfig.subsampling_first_channels must be >= 0 (0: the same as "
                 f"subsampling_channels), got {self.subsampling_first_channels}"
             )
-        if self.subsampling_factor not in (4, 8):
+        if self.num_mel_bins < 7:
             raise ValueError(
-                "ModelConfig.subsampling_factor must be 4 or 8, "
-                f"got {self.subsampling_factor}"
-            )
-        min_bins = 7 if self.subsampling_factor == 4 else 15
-        if self.num_mel_bins < min_bins:
-            raise ValueError(
-                f"ModelConfig.num_mel_bins must be >= {min_bins} for the "
-                f"x{self.subsampling_factor} conv subsampling, got {self.num_mel_bins}"
+                "ModelConfig.num_mel_bins must be >= 7 for the x4 conv subsampling, "
+                f"got {self.num_mel_bins}"
             )
         if self.d_model % self.num_heads != 0:
             raise ValueError(

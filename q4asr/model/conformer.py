@@ -35,25 +35,14 @@ from torch import nn
 
 from q4asr.model.config import ModelConfig
 
-SUBSAMPLING_FACTORS = (4, 8)
 
+def subsampled_lengths(lengths: torch.Tensor) -> torch.Tensor:
+    """Frames after two 3x3 stride-2 convolutions without padding.
 
-def subsampled_lengths(lengths: torch.Tensor, factor: int = 4) -> torch.Tensor:
-    """Frames after the 3x3 stride-2 convolutions (no time padding) of the front-end.
-
-    lengths: (N,) int64 input frames -> (N,) int64 output frames: factor 4 (two
-    convolutions) gives ``((T - 1) // 2 - 1) // 2``, about T / 4; factor 8 (a third)
-    gives ``(that - 1) // 2``, about T / 8.
+    lengths: (N,) int64 input frames -> (N,) int64 output frames
+    (``((T - 1) // 2 - 1) // 2``, i.e. about T / 4).
     """
-    assert factor in SUBSAMPLING_FACTORS, factor
-    out = ((lengths - 1) // 2 - 1) // 2
-    return out if factor == 4 else (out - 1) // 2
-
-
-def min_input_frames(factor: int = 4) -> int:
-    """The fewest input frames that give one output frame at ``factor``."""
-    assert factor in SUBSAMPLING_FACTORS, factor
-    return 7 if factor == 4 else 15
+    return ((lengths - 1) // 2 - 1) // 2
 
 
 def make_pad_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -67,9 +56,8 @@ class Conv2dSubsampling(nn.Module):
     """x4 subsampling: two 3x3 stride-2 Conv2d + ReLU, then Linear to d_model.
 
     ``first_channels`` (default: ``channels``) is the width of the first convolution,
-    the one that runs at the full input rate: icefall's Conv2dSubsampling keeps it
-    narrow (8) and widens later. ``factor`` 8 adds a third convolution, stride 2 in
-    time only, so the encoder runs at an eighth of the input frame rate.
+    the one that runs at twice the encoder's frame rate: icefall's Conv2dSubsampling
+    keeps it narrow (8) and widens later.
     """
 
     def __init__(
@@ -78,29 +66,20 @@ class Conv2dSubsampling(nn.Module):
         channels: int,
         d_model: int,
         first_channels: int | None = None,
-        factor: int = 4,
     ) -> None:
         super().__init__()
-        assert factor in SUBSAMPLING_FACTORS, factor
         c1 = first_channels or channels
-        self.factor = factor
         self.conv1 = nn.Conv2d(1, c1, kernel_size=3, stride=2)
         self.conv2 = nn.Conv2d(c1, channels, kernel_size=3, stride=2)
         f_out = ((num_mel_bins - 1) // 2 - 1) // 2
-        if factor == 8:
-            self.conv3 = nn.Conv2d(channels, channels, kernel_size=3, stride=(2, 1))
-            f_out -= 2
         self.act = nn.ReLU()
         self.out = nn.Linear(channels * f_out, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (N, T, F) float -> (N, T', d_model) float,
-        T' = subsampled_lengths(T, factor)."""
+        """x: (N, T, F) float -> (N, T', d_model) float, T' = subsampled_lengths(T)."""
         assert x.ndim == 3, x.shape
         x = self.act(self.conv1(x.unsqueeze(1)))
         x = self.act(self.conv2(x))  # (N, C, T', F')
-        if self.factor == 8:
-            x = self.act(self.conv3(x))
         n, c, t, f = x.shape
         return self.out(x.transpose(1, 2).reshape(n, t, c * f))
 
@@ -295,13 +274,11 @@ class ConformerEncoder(nn.Module):
         super().__init__()
         self.num_mel_bins = cfg.num_mel_bins
         self.d_model = cfg.d_model
-        self.subsampling_factor = cfg.subsampling_factor
         self.embed = Conv2dSubsampling(
             cfg.num_mel_bins,
             cfg.subsampling_channels,
             cfg.d_model,
             first_channels=cfg.subsampling_first_channels or None,
-            factor=cfg.subsampling_factor,
         )
         self.pos_enc = RelPositionalEncoding(cfg.d_model, cfg.dropout)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -316,7 +293,7 @@ class ConformerEncoder(nn.Module):
         assert feats.ndim == 3 and feats.shape[2] == self.num_mel_bins, feats.shape
         assert feat_lens.shape == (feats.shape[0],), feat_lens.shape
         x = self.embed(feats)
-        out_lens = subsampled_lengths(feat_lens, self.subsampling_factor)
+        out_lens = subsampled_lengths(feat_lens)
         t = int(out_lens.max())
         assert t <= x.shape[1], (t, x.shape)
         x = x[:, :t]
