@@ -914,8 +914,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         print(text)
         if args.json:
             atomic_write(args.json, lambda tmp: Path(tmp).write_text(text + "\n"))
-        if args.markdown:
-            md = bench_train.render_markdown(result)
+        if args.markdown:  # its own section of the file; the rest is kept
+            md = bench_train.update_markdown(
+                args.markdown.read_text() if args.markdown.is_file() else "",
+                bench_train.render_markdown(result),
+            )
             atomic_write(args.markdown, lambda tmp: Path(tmp).write_text(md))
         return result
     small = args.small

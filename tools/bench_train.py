@@ -369,3 +369,17 @@ def render_markdown(r: dict[str, Any]) -> str:
                     f"| {e['ctc_loss_per_token']:.3f} | - |"
                 )
     return "\n".join(lines) + "\n"
+
+
+BEGIN = "<!-- bench.py --train:begin (generated; do not edit) -->"
+END = "<!-- bench.py --train:end -->"
+
+
+def update_markdown(old: str, section: str) -> str:
+    """``old`` with its training-benchmark section replaced by ``section`` (appended
+    when there is none), so that the training tables live beside the others."""
+    block = f"{BEGIN}\n{section}{END}\n"
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        return head + block + rest.split(END, 1)[1].lstrip("\n")
+    return (old.rstrip("\n") + "\n\n" if old else "") + block

@@ -59,6 +59,7 @@ def test_train_section_throughput_and_convergence(tiny_corpus, tmp_path):
         )
     )
     out, md = tmp_path / "train.json", tmp_path / "train.md"
+    md.write_text("# Benchmarks\n\nother tables\n")
     p = subprocess.run(
         [
             sys.executable,
@@ -124,6 +125,7 @@ def test_train_section_throughput_and_convergence(tiny_corpus, tmp_path):
         assert "greedy_wer" in evs[-1] and "greedy_wer" not in evs[0]
     text = md.read_text()
     assert "| after |" in text and "greedy WER" in text
+    assert text.startswith("# Benchmarks\n\nother tables\n")  # the rest is kept
 
 
 def test_bad_variant_is_a_clear_error(tiny_corpus, tmp_path):
