@@ -207,13 +207,15 @@ def throughput(variants: list[Variant], tokenizer: Tokenizer, args) -> dict:
             t.step()
     audio = {t.v.name: 0.0 for t in trainers}
     secs = {t.v.name: 0.0 for t in trainers}
+    cpu = {t.v.name: 0.0 for t in trainers}
     for r in range(args.steps):
         took = {}
         for t in trainers:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             audio[t.v.name] += t.step()
             took[t.v.name] = time.perf_counter() - start
             secs[t.v.name] += took[t.v.name]
+            cpu[t.v.name] += time.process_time() - cpu_start
         log.info(
             "throughput round %d/%d: %s",
             r + 1,
@@ -235,6 +237,13 @@ def throughput(variants: list[Variant], tokenizer: Tokenizer, args) -> dict:
             "seconds_per_step": round(secs[name] / args.steps, 3),
             "audio_sec_per_sec": round(aps, 1),
             "ratio_to_" + ref: round(aps / (audio[ref] / secs[ref]), 3),
+            # CPU seconds of this process (all threads): less sensitive than wall
+            # time to other processes on a shared machine
+            "cpu_seconds": round(cpu[name], 2),
+            "audio_sec_per_cpu_sec": round(audio[name] / cpu[name], 2),
+            "cpu_ratio_to_" + ref: round(
+                (audio[name] / cpu[name]) / (audio[ref] / cpu[ref]), 3
+            ),
         }
     return rows
 
@@ -335,14 +344,21 @@ def render_markdown(r: dict[str, Any]) -> str:
         "",
         "| variant | params | max_duration (s) | s/step | audio s per s | x "
         + ref
-        + " |",
-        "|---|---|---|---|---|---|",
+        + " | audio s per CPU s | x "
+        + ref
+        + " (CPU) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, x in rows.items():
+        cpu = (
+            f"{x['audio_sec_per_cpu_sec']:.2f} | {x['cpu_ratio_to_' + ref]:.2f}"
+            if "cpu_seconds" in x
+            else "- | -"
+        )
         lines.append(
             f"| {name} | {x['params']:,} | {x['max_duration']:g} | "
             f"{x['seconds_per_step']:.3f} | {x['audio_sec_per_sec']:.1f} | "
-            f"{x['ratio_to_' + ref]:.2f} |"
+            f"{x['ratio_to_' + ref]:.2f} | {cpu} |"
         )
     lines += ["", "Variants:", ""]
     lines += [f"- {name}: `{x['variant']}`" for name, x in rows.items()]

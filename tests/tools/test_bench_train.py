@@ -110,6 +110,8 @@ def test_train_section_throughput_and_convergence(tiny_corpus, tmp_path):
             < 0.2
         )
     assert rows["before"]["ratio_to_before"] == 1.0
+    assert rows["before"]["cpu_ratio_to_before"] == 1.0
+    assert all(row["cpu_seconds"] > 0 for row in rows.values())
     assert rows["after"]["max_duration"] == 20.0
     assert rows["after"]["params"] < rows["before"]["params"]
     conv = r["convergence"]
