@@ -544,9 +544,10 @@ def plot(results: dict, out: Path) -> None:
             xs = [xpos(r) for r in sel]
             ys = [r["wer"][part] for r in sel]
             cis = [(r.get("wer_ci") or {}).get(method, {}).get(part) for r in sel]
+            # a percentile interval need not contain the point on tiny test sets
             err = [
-                [y - ci[0] if ci else 0 for y, ci in zip(ys, cis)],
-                [ci[1] - y if ci else 0 for y, ci in zip(ys, cis)],
+                [max(y - ci[0], 0.0) if ci else 0.0 for y, ci in zip(ys, cis)],
+                [max(ci[1] - y, 0.0) if ci else 0.0 for y, ci in zip(ys, cis)],
             ]
             ax.errorbar(
                 xs,
