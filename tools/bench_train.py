@@ -233,7 +233,7 @@ def throughput(variants: list[Variant], tokenizer: Tokenizer, args) -> dict:
             "max_duration": t.v.config.train.max_duration,
             "steps_timed": args.steps,
             "audio_seconds": round(audio[name], 1),
-            "wall_seconds": round(secs[name], 2),
+            "wall_seconds": round(secs[name], 4),
             "seconds_per_step": round(secs[name] / args.steps, 3),
             "audio_sec_per_sec": round(aps, 1),
             "ratio_to_" + ref: round(aps / (audio[ref] / secs[ref]), 3),

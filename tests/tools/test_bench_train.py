@@ -105,10 +105,8 @@ def test_train_section_throughput_and_convergence(tiny_corpus, tmp_path):
     assert list(rows) == ["before", "after", "before_bf16"]
     for name, row in rows.items():
         assert row["audio_seconds"] > 0 and row["wall_seconds"] > 0, name
-        assert (
-            abs(row["audio_sec_per_sec"] - row["audio_seconds"] / row["wall_seconds"])
-            < 0.2
-        )
+        expect = row["audio_seconds"] / row["wall_seconds"]  # both rounded
+        assert abs(row["audio_sec_per_sec"] - expect) <= 0.05 + 0.01 * expect, name
     assert rows["before"]["ratio_to_before"] == 1.0
     assert rows["before"]["cpu_ratio_to_before"] == 1.0
     assert all(row["cpu_seconds"] > 0 for row in rows.values())
