@@ -450,6 +450,21 @@ LABEL_OFFSETS = [(7, 0), (-7, 0)] + [
 ]
 
 
+def _label(ax, name, point, dx, dy, color, fontsize, arrow=None):
+    """``name`` at ``(dx, dy)`` points from ``point``, left- or right-aligned."""
+    return ax.annotate(
+        name,
+        point,
+        xytext=(dx, dy),
+        textcoords="offset points",
+        fontsize=fontsize,
+        va="center",
+        ha="left" if dx > 0 else "right",
+        color=color,
+        arrowprops=arrow,
+    )
+
+
 def place_labels(
     ax,
     points: list[tuple[float, float]],
@@ -472,16 +487,7 @@ def place_labels(
     for i in order:
         best = None
         for dx, dy in LABEL_OFFSETS:
-            t = ax.annotate(
-                names[i],
-                points[i],
-                xytext=(dx, dy),
-                textcoords="offset points",
-                fontsize=fontsize,
-                va="center",
-                ha="left" if dx > 0 else "right",
-                color=colors[i],
-            )
+            t = _label(ax, names[i], points[i], dx, dy, colors[i], fontsize)
             bb = t.get_window_extent(renderer)
             box = (bb.x0, bb.y0, bb.x1, bb.y1)
             cost = sum(_overlap(box, o) for o in placed)
@@ -500,17 +506,7 @@ def place_labels(
                 break
         _, dx, dy, box = best
         arrow = dict(arrowstyle="-", lw=0.4, color="0.5") if dy else None
-        ax.annotate(
-            names[i],
-            points[i],
-            xytext=(dx, dy),
-            textcoords="offset points",
-            fontsize=fontsize,
-            va="center",
-            ha="left" if dx > 0 else "right",
-            color=colors[i],
-            arrowprops=arrow,
-        )
+        _label(ax, names[i], points[i], dx, dy, colors[i], fontsize, arrow)
         placed.append(box)
     return placed
 
