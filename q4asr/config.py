@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import yaml
 
-LR_SCHEDULES = ("warmup_cosine", "noam", "constant")
+LR_SCHEDULES = ("warmup_cosine", "noam", "constant", "eden")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
@@ -151,6 +151,11 @@ class TrainConfig:
     (autocast; fp16 with a gradient scaler), ``off`` (float32), or ``auto``: bf16 on
     a CUDA GPU, off on a CPU. Parameters and optimizer state stay float32; the
     losses are computed in float32.
+
+    ``adam_fused`` uses AdamW's fused kernel (one pass over all parameters instead of
+    a loop of small ops per tensor: on a 2-core CPU ~5% of a demo training step).
+    ``eden`` (icefall's Eden factor, over steps): warm-up, then
+    ``lr * ((step^2 + lr_decay_steps^2) / lr_decay_steps^2) ** -0.25``.
     """
 
     seed: int = 42
@@ -162,7 +167,9 @@ class TrainConfig:
     lr_schedule: str = "warmup_cosine"
     warmup_steps: int = 500
     final_lr_ratio: float = 0.02
+    lr_decay_steps: int = 5000
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    adam_fused: bool = False
     weight_decay: float = 1e-3
     grad_clip: float | None = 5.0
     model_warmup_steps: int = 2000
@@ -193,6 +200,7 @@ class TrainConfig:
             "num_epochs",
             "num_buckets",
             "warmup_steps",
+            "lr_decay_steps",
             "model_warmup_steps",
             "num_workers",
             "log_every",
@@ -209,6 +217,7 @@ class TrainConfig:
             "max_duration",
             "num_buckets",
             "lr",
+            "lr_decay_steps",
             "model_warmup_steps",
             "max_utterance_duration",
             "log_every",
@@ -259,6 +268,10 @@ class TrainConfig:
                 f"{w}.adam_betas: expected two numbers in [0, 1), got {betas!r}"
             )
         self.adam_betas = [float(b) for b in betas]
+        if not isinstance(self.adam_fused, bool):
+            raise ConfigError(
+                f"{w}.adam_fused: expected true/false, got {self.adam_fused!r}"
+            )
         if not isinstance(self.on_the_fly_features, bool):
             raise ConfigError(
                 f"{w}.on_the_fly_features: expected true/false, "

@@ -21,6 +21,8 @@ batch once. WER comes from the demo recipe's ``exp/results.json`` when it exists
 
   python tools/bench.py --small                      # < 60 s, for regular checks
   python tools/bench.py --json exp/bench.json --markdown BENCHMARKS.md   # full table
+  python tools/bench.py --train --train-cuts ... --bpe-model ...  # training configs
+                                                 # side by side (tools/bench_train.py)
 
 Prints one JSON object (and writes it with ``--json FILE``).
 """
@@ -1042,6 +1044,9 @@ def get_parser() -> argparse.ArgumentParser:
         "--load-md", type=Path, default=None, help="update that section in this file"
     )
     onnx_arguments(ap)
+    import bench_train  # tools/bench_train.py: the --train section
+
+    bench_train.add_arguments(ap)
     ap.add_argument("--child-system", help=argparse.SUPPRESS)
     ap.add_argument("--child-spec", help=argparse.SUPPRESS)
     return ap
@@ -1059,6 +1064,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         format="%(asctime)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if args.train:  # the training benchmark (tools/bench_train.py) only
+        import bench_train
+
+        result = bench_train.run(args)
+        text = json.dumps(result, indent=1)
+        print(text)
+        if args.json:
+            atomic_write(args.json, lambda tmp: Path(tmp).write_text(text + "\n"))
+        if args.markdown:  # its own section of the file; the rest is kept
+            md = bench_train.update_markdown(
+                args.markdown.read_text() if args.markdown.is_file() else "",
+                bench_train.render_markdown(result),
+            )
+            atomic_write(args.markdown, lambda tmp: Path(tmp).write_text(md))
+        return result
     small = args.small
     for name, full, sm in (
         ("batch", 8, 2),

@@ -6,7 +6,10 @@
 
 Writes ``recogs-<set>-<method>.txt``, ``errs-<set>-<method>.txt`` (per-utterance
 alignments), ``wer-summary-<set>-<method>.txt`` and ``<set>-<method>.json`` (WER,
-errors, words, utts, RTF) to the output dir.
+errors, words, utts, RTF, per-utterance errors) to the output dir. References and
+hypotheses are compared after the recipes' transcript normalisation (upper case,
+punctuation removed), so a lower-case or punctuated ``text`` scores as it should;
+``--scoring verbatim`` compares words exactly as written.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import sys
 import torch
 
 from q4asr.decode.recognize import METHODS, decode_cuts
-from q4asr.decode.scoring import write_results
+from q4asr.decode.scoring import SCORING_MODES, scoring_note, write_results
 from q4asr.modelfile import load_asr_model
 from q4asr.utils import setup_logging
 
@@ -27,13 +30,23 @@ log = logging.getLogger("q4asr.decode")
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True,
-                   help="model file (.safetensors) or training checkpoint (.pt)")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="model file (.safetensors) or training checkpoint (.pt)",
+    )
     p.add_argument("--bpe-model", default=None, help="needed with a .pt checkpoint")
     p.add_argument("--cuts", required=True)
     p.add_argument("--test-set", required=True, help="name used in the output files")
     p.add_argument("--method", default="greedy_search", choices=METHODS)
     p.add_argument("--beam", type=int, default=4)
+    p.add_argument(
+        "--scoring",
+        default="normalized",
+        choices=SCORING_MODES,
+        help="normalized (default): upper case, punctuation removed; "
+        "verbatim: words exactly as written",
+    )
     p.add_argument("--max-duration", type=float, default=200.0)
     p.add_argument("--num-threads", type=int, default=None)
     p.add_argument("--out-dir", required=True)
@@ -49,11 +62,26 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for cut_id, why in res.failed.items():
         log.warning("%s: %s (scored as an empty hypothesis)", cut_id, why)
-    write_results(args.out_dir, args.test_set, args.method, res.ids, res.refs, res.hyps,
-                  extra={"rtf": round(res.rtf, 5), "audio_seconds": round(res.audio_seconds, 2),
-                         "decode_seconds": round(res.decode_seconds, 2),
-                         "failed_utts": len(res.failed), "model": str(args.model),
-                         "num_threads": torch.get_num_threads()})
+    write_results(
+        args.out_dir,
+        args.test_set,
+        args.method,
+        res.ids,
+        res.refs,
+        res.hyps,
+        extra={
+            "rtf": round(res.rtf, 5),
+            "audio_seconds": round(res.audio_seconds, 2),
+            "decode_seconds": round(res.decode_seconds, 2),
+            "failed_utts": len(res.failed),
+            "model": str(args.model),
+            "num_threads": torch.get_num_threads(),
+        },
+        scoring=args.scoring,
+    )
+    print(
+        f"{args.test_set} {args.method}: {scoring_note(args.scoring)}", file=sys.stderr
+    )
     return 0
 
 

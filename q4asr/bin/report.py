@@ -9,7 +9,13 @@ and training summary, and writes:
   RTF, training time; plus the environment and the commands that produced them;
 - a generated section of ``RESULTS.md`` (between marker comments; text outside them is
   kept);
-- ``exp/wer_vs_size.png``: WER against size on disk, one point per system.
+- ``exp/wer_vs_size.png``: WER against size on disk, one panel per test set, one
+  colour per method, log size axis, bootstrap intervals as error bars.
+
+Every WER comes with its 95% bootstrap interval over the test set's utterances, and
+each quantized system's difference from its float baseline (and PTQ's from QAT at
+the same plan) with a paired bootstrap interval, so the table says whether a
+difference is larger than the test set's sampling noise.
 
 Run from the recipe directory: ``q4asr-report --systems conf/systems.yaml``.
 """
@@ -22,6 +28,7 @@ import logging
 import sys
 from pathlib import Path
 
+from q4asr.decode.scoring import NORMALIZATION
 from q4asr.recipe import load_systems
 from q4asr.utils import atomic_write, get_env_info, setup_logging
 
@@ -47,20 +54,49 @@ def _model_metadata(path: Path) -> dict[str, str]:
         return f.metadata() or {}
 
 
-def collect(systems_file: str, exp_dir: str, test_parts: list[str],
-            decode_method: str) -> dict:
-    """Everything the report shows, read from the files the stages wrote."""
+def collect(
+    systems_file: str,
+    exp_dir: str,
+    test_parts: list[str],
+    decode_methods: list[str],
+    resamples: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """Everything the report shows, read from the files the stages wrote.
+
+    ``wer``/``errors``/``words``/``rtf`` per test set are those of the first decoding
+    method (the table's primary one); ``wer_by_method[method][part]`` holds every
+    method's WER and ``wer_ci[method][part]`` its 95% bootstrap interval over
+    utterances; ``differences`` compares each quantized system with its float
+    baseline and PTQ with QAT at the same plan (``paired_differences``).
+    """
+    if isinstance(decode_methods, str):
+        decode_methods = [decode_methods]
     exp = Path(exp_dir)
     systems = load_systems(systems_file, check_files=False)
     rows = []
+    per_utt: dict[tuple[str, str, str], dict] = {}
     for s in systems:
         model_file = exp / s.name / "model.safetensors"
         row: dict = {
-            "name": s.name, "method": s.method, "plan": s.plan, "config": s.config,
-            "init_from": s.init_from, "model_file": str(model_file),
-            "size_bytes": None, "size_ratio": None, "params": None,
-            "wer": {}, "errors": {}, "words": {}, "rtf": {},
-            "train_seconds": None, "train_steps": None,
+            "name": s.name,
+            "method": s.method,
+            "plan": s.plan,
+            "config": s.config,
+            "init_from": s.init_from,
+            "model_file": str(model_file),
+            "size_bytes": None,
+            "size_ratio": None,
+            "params": None,
+            "wer": {},
+            "errors": {},
+            "words": {},
+            "rtf": {},
+            "wer_by_method": {},
+            "wer_ci": {},
+            "scoring": None,
+            "train_seconds": None,
+            "train_steps": None,
         }
         if model_file.is_file():
             row["size_bytes"] = model_file.stat().st_size
@@ -68,16 +104,27 @@ def collect(systems_file: str, exp_dir: str, test_parts: list[str],
             if "num_params" in meta:
                 row["params"] = int(meta["num_params"])
         else:
-            log.warning("%s: no model file %s (export stage not run?)", s.name, model_file)
-        for part in test_parts:
-            d = _read_json(exp / s.name / "decode" / f"{part}-{decode_method}.json")
-            if d is None:
-                log.warning("%s: not decoded on %s with %s", s.name, part, decode_method)
-                continue
-            row["wer"][part] = d["wer"]
-            row["errors"][part] = d["errors"]
-            row["words"][part] = d["words"]
-            row["rtf"][part] = d.get("rtf")
+            log.warning(
+                "%s: no model file %s (export stage not run?)", s.name, model_file
+            )
+        for mi, method in enumerate(decode_methods):
+            for part in test_parts:
+                d = _read_json(exp / s.name / "decode" / f"{part}-{method}.json")
+                if d is None:
+                    log.warning("%s: not decoded on %s with %s", s.name, part, method)
+                    continue
+                row["wer_by_method"].setdefault(method, {})[part] = d["wer"]
+                row["scoring"] = d.get("scoring", row["scoring"])
+                if d.get("per_utt"):
+                    per_utt[(s.name, method, part)] = d["per_utt"]
+                    row["wer_ci"].setdefault(method, {})[part] = bootstrap_interval(
+                        d["per_utt"], resamples=resamples, seed=seed
+                    )
+                if mi == 0:
+                    row["wer"][part] = d["wer"]
+                    row["errors"][part] = d["errors"]
+                    row["words"][part] = d["words"]
+                    row["rtf"][part] = d.get("rtf")
         summary = _read_json(exp / s.name / "train_summary.json")
         if summary is not None:
             row["train_seconds"] = summary.get("wall_time_s")
@@ -90,44 +137,282 @@ def collect(systems_file: str, exp_dir: str, test_parts: list[str],
     commands_log = exp / "commands.log"
     stage_times = exp / "stage_times.tsv"
     return {
-        "decode_method": decode_method,
+        "decode_method": decode_methods[0],
+        "decode_methods": list(decode_methods),
         "test_sets": test_parts,
         "reference_system": ref["name"] if ref else None,
+        "bootstrap": {"resamples": resamples, "seed": seed, "level": 0.95},
         "systems": rows,
+        "differences": paired_differences(
+            systems, per_utt, decode_methods, test_parts, resamples, seed
+        ),
         "environment": get_env_info(),
-        "commands": commands_log.read_text().splitlines() if commands_log.is_file() else [],
-        "stage_times": [line.split("\t") for line in stage_times.read_text().splitlines()]
-        if stage_times.is_file() else [],
+        "commands": commands_log.read_text().splitlines()
+        if commands_log.is_file()
+        else [],
+        "stage_times": [
+            line.split("\t") for line in stage_times.read_text().splitlines()
+        ]
+        if stage_times.is_file()
+        else [],
     }
+
+
+# ------------------------------------------------------------------ bootstrap
+
+
+def _resample_counts(n: int, resamples: int, seed: int):
+    """(resamples, n) int: how often each utterance is drawn in each resample."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(resamples, n))
+    counts = np.zeros((resamples, n), dtype=np.int64)
+    np.add.at(counts, (np.arange(resamples)[:, None], idx), 1)
+    return counts
+
+
+def bootstrap_interval(
+    per_utt: dict[str, list[int]],
+    resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> list[float]:
+    """95% percentile interval of corpus WER (%) over utterances resampled with
+    replacement. per_utt: {utt_id: [errors, reference words]} -> [low, high]."""
+    import numpy as np
+
+    ids = sorted(per_utt)
+    e = np.array([per_utt[u][0] for u in ids], dtype=np.float64)
+    w = np.array([per_utt[u][1] for u in ids], dtype=np.float64)
+    counts = _resample_counts(len(ids), resamples, seed)
+    wer = 100.0 * (counts @ e) / np.maximum(counts @ w, 1.0)
+    a = (1.0 - level) / 2
+    return [
+        round(float(np.quantile(wer, a)), 3),
+        round(float(np.quantile(wer, 1 - a)), 3),
+    ]
+
+
+def paired_difference(
+    a: dict[str, list[int]],
+    b: dict[str, list[int]],
+    resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
+    """WER(a) - WER(b) in absolute % points on the utterances both decoded, with its
+    paired bootstrap interval (the same resampled utterances for both systems).
+
+    a, b: {utt_id: [errors, reference words]} -> {"diff", "low", "high", "utts",
+    "p_a_better"} where p_a_better is the share of resamples in which a has the
+    lower WER.
+    """
+    import numpy as np
+
+    ids = sorted(set(a) & set(b))
+    if not ids:
+        raise ValueError("no utterance decoded by both systems")
+    ea = np.array([a[u][0] for u in ids], dtype=np.float64)
+    eb = np.array([b[u][0] for u in ids], dtype=np.float64)
+    w = np.array([a[u][1] for u in ids], dtype=np.float64)
+    diff = 100.0 * (ea.sum() - eb.sum()) / max(w.sum(), 1.0)
+    counts = _resample_counts(len(ids), resamples, seed)
+    d = 100.0 * (counts @ (ea - eb)) / np.maximum(counts @ w, 1.0)
+    lo, hi = np.quantile(d, (1.0 - level) / 2), np.quantile(d, 1 - (1.0 - level) / 2)
+    return {
+        "diff": round(float(diff), 3),
+        "low": round(float(lo), 3),
+        "high": round(float(hi), 3),
+        "utts": len(ids),
+        "p_a_better": round(float((d < 0).mean()), 3),
+    }
+
+
+def comparison_pairs(systems: list) -> list[tuple[str, str, str]]:
+    """(system, baseline, why) pairs the report compares: every QAT system with the
+    float system fine-tuned the same way (same config and init_from, e.g. float32_ft),
+    else the float system it starts from; every PTQ system with the float system it
+    quantizes; and every PTQ system with the QAT system of the same plan."""
+    by_name = {s.name: s for s in systems}
+    pairs = []
+    for s in systems:
+        if s.method == "qat":
+            ft = next(
+                (
+                    f
+                    for f in systems
+                    if f.method == "float"
+                    and f.config == s.config
+                    and f.init_from == s.init_from
+                ),
+                None,
+            )
+            base = ft or by_name.get(s.init_from or "")
+            if base is not None and base.method == "float":
+                pairs.append((s.name, base.name, "QAT vs its float baseline"))
+        elif s.method == "ptq" and s.init_from in by_name:
+            pairs.append((s.name, s.init_from, "PTQ vs the float model it quantizes"))
+    for p in systems:
+        if p.method != "ptq":
+            continue
+        for q in systems:
+            if q.method == "qat" and q.plan == p.plan:
+                pairs.append((p.name, q.name, "PTQ vs QAT, same plan"))
+    return pairs
+
+
+def paired_differences(
+    systems: list,
+    per_utt: dict,
+    methods: list[str],
+    parts: list[str],
+    resamples: int,
+    seed: int,
+) -> list[dict]:
+    out = []
+    for a, b, why in comparison_pairs(systems):
+        for method in methods:
+            for part in parts:
+                ua, ub = per_utt.get((a, method, part)), per_utt.get((b, method, part))
+                if ua is None or ub is None:
+                    continue
+                d = paired_difference(ua, ub, resamples, seed)
+                wer_b = (
+                    100.0
+                    * sum(e for e, _ in ub.values())
+                    / max(sum(w for _, w in ub.values()), 1)
+                )
+                out.append(
+                    {
+                        "system": a,
+                        "baseline": b,
+                        "comparison": why,
+                        "method": method,
+                        "test_set": part,
+                        "relative": round(d["diff"] / wer_b, 4) if wer_b else None,
+                        **d,
+                    }
+                )
+    return out
 
 
 def _fmt(v, spec: str, none: str = "-") -> str:
     return none if v is None else format(v, spec)
 
 
+SHORT = {"greedy_search": "greedy", "modified_beam_search": "beam"}
+
+
 def markdown(results: dict, title: str) -> str:
     parts = results["test_sets"]
-    lines = [BEGIN, "", f"### {title}: WER and size on disk", "",
-             f"Decoding: {results['decode_method']}; size ratio relative to "
-             f"{results['reference_system'] or 'the float32 system'}; q4asr "
-             f"{results['environment']['q4asr_git_sha'] or '(no git sha)'}, torch "
-             f"{results['environment']['torch']}, {results['environment']['num_cpus']} CPUs.",
-             ""]
+    methods = results.get("decode_methods") or [results["decode_method"]]
+    bs = results.get("bootstrap") or {}
+    scoring = next((r["scoring"] for r in results["systems"] if r.get("scoring")), None)
+    lines = [
+        BEGIN,
+        "",
+        f"### {title}: WER and size on disk",
+        "",
+        f"Decoding: {', '.join(methods)}"
+        f"{' (beam 4)' if 'modified_beam_search' in methods else ''}; WER scored "
+        f"{'after normalisation (' + NORMALIZATION + ')' if scoring == 'normalized' else 'verbatim' if scoring else '(scoring not recorded)'}"
+        f"; size ratio relative to "
+        f"{results['reference_system'] or 'the float32 system'}; q4asr "
+        f"{results['environment']['q4asr_git_sha'] or '(no git sha)'}, torch "
+        f"{results['environment']['torch']}, {results['environment']['num_cpus']} CPUs.",
+        "",
+    ]
     head = ["system", "method", "params", "size (bytes)", "x smaller"]
-    head += [f"WER {p} (%)" for p in parts] + ["RTF", "train (s)"]
+    head += [f"WER {p} {SHORT.get(m, m)} (%)" for p in parts for m in methods]
+    head += ["RTF", "train (s)"]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for r in results["systems"]:
         rtf = next((v for v in r["rtf"].values() if v is not None), None)
-        cells = [r["name"], r["method"], _fmt(r["params"], ","), _fmt(r["size_bytes"], ","),
-                 _fmt(r["size_ratio"], ".2f")]
-        cells += [_fmt(r["wer"].get(p), ".2f") for p in parts]
+        cells = [
+            r["name"],
+            r["method"],
+            _fmt(r["params"], ","),
+            _fmt(r["size_bytes"], ","),
+            _fmt(r["size_ratio"], ".2f"),
+        ]
+        wbm = r.get("wer_by_method") or {methods[0]: r["wer"]}
+        cells += [_fmt(wbm.get(m, {}).get(p), ".2f") for p in parts for m in methods]
         cells += [_fmt(rtf, ".3f"), _fmt(r["train_seconds"], ".0f")]
         lines.append("| " + " | ".join(cells) + " |")
+    ci_rows = [r for r in results["systems"] if r.get("wer_ci")]
+    if ci_rows:
+        lines += [
+            "",
+            f"95% bootstrap intervals of each WER ({bs.get('resamples')} "
+            "resamples of the test set's utterances): the test sets' sampling noise.",
+            "",
+        ]
+        head = ["system"] + [f"{p} {SHORT.get(m, m)}" for p in parts for m in methods]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
+        for r in ci_rows:
+            cells = [r["name"]]
+            for p in parts:
+                for m in methods:
+                    ci = r["wer_ci"].get(m, {}).get(p)
+                    cells.append(f"[{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "-")
+            lines.append("| " + " | ".join(cells) + " |")
+    diffs = results.get("differences") or []
+    if diffs:
+        lines += [
+            "",
+            "Differences in WER (system minus baseline, absolute % points) with "
+            "their paired 95% bootstrap interval over utterances: a difference is "
+            "**real** when its interval excludes 0, otherwise it is within the test "
+            "set's sampling noise.",
+            "",
+        ]
+        head = [
+            "system",
+            "baseline",
+            "test set",
+            "decoding",
+            "WER diff",
+            "95% interval",
+            "relative",
+            "verdict",
+        ]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
+        for d in diffs:
+            real = d["low"] > 0 or d["high"] < 0
+            verdict = (
+                ("worse" if d["diff"] > 0 else "better") if real else "within noise"
+            )
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        d["system"],
+                        d["baseline"],
+                        d["test_set"],
+                        SHORT.get(d["method"], d["method"]),
+                        f"{d['diff']:+.2f}",
+                        f"[{d['low']:+.2f}, {d['high']:+.2f}]",
+                        _fmt(
+                            None if d["relative"] is None else 100 * d["relative"],
+                            "+.1f",
+                        )
+                        + "%",
+                        f"**{verdict}**" if real else verdict,
+                    ]
+                )
+                + " |"
+            )
     if results["stage_times"]:
         lines += ["", "Stage wall times (s):", ""]
-        lines += [f"- stage {st[1]}: {st[2]} s ({st[3]})" for st in results["stage_times"]
-                  if len(st) >= 4]
+        lines += [
+            f"- stage {st[1]}: {st[2]} s ({st[3]})"
+            for st in results["stage_times"]
+            if len(st) >= 4
+        ]
     if results["commands"]:
         lines += ["", "Commands (from exp/commands.log):", "", "```"]
         lines += results["commands"] + ["```"]
@@ -147,51 +432,216 @@ def update_results_md(path: Path, section: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(new))
 
 
+COLORS = {"float": "#1f77b4", "ptq": "#d62728", "qat": "#2ca02c"}
+MARKERS = {"float": "o", "ptq": "s", "qat": "^"}
+
+
+def _overlap(a: tuple, b: tuple) -> float:
+    """Overlapping area of two boxes (x0, y0, x1, y1)."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return max(w, 0.0) * max(h, 0.0)
+
+
+# label offsets (points) from its marker tried in turn: right, left, then further
+# up or down on either side
+LABEL_OFFSETS = [(7, 0), (-7, 0)] + [
+    (sx * 7, sy * dy) for dy in (10, 20, 30, 40) for sy in (1, -1) for sx in (1, -1)
+]
+
+
+def _label(ax, name, point, dx, dy, color, fontsize, arrow=None):
+    """``name`` at ``(dx, dy)`` points from ``point``, left- or right-aligned."""
+    return ax.annotate(
+        name,
+        point,
+        xytext=(dx, dy),
+        textcoords="offset points",
+        fontsize=fontsize,
+        va="center",
+        ha="left" if dx > 0 else "right",
+        color=color,
+        arrowprops=arrow,
+    )
+
+
+def place_labels(
+    ax,
+    points: list[tuple[float, float]],
+    names: list[str],
+    colors: list[str],
+    fontsize: float = 7.5,
+) -> list[tuple]:
+    """Annotate each point (data coordinates) with its name at the first offset in
+    ``LABEL_OFFSETS`` whose text box overlaps no label placed before, no marker and
+    stays inside the axes (else the least-overlapping one); labels away from their
+    point get a thin leader line. Returns the labels' boxes (display pixels)."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    disp = [tuple(ax.transData.transform(p)) for p in points]
+    r = 6.0  # half a marker, pixels
+    markers = [(x - r, y - r, x + r, y + r) for x, y in disp]
+    frame = ax.get_window_extent(renderer)
+    placed: list[tuple] = []
+    order = sorted(range(len(points)), key=lambda i: -disp[i][1])
+    for i in order:
+        best = None
+        for dx, dy in LABEL_OFFSETS:
+            t = _label(ax, names[i], points[i], dx, dy, colors[i], fontsize)
+            bb = t.get_window_extent(renderer)
+            box = (bb.x0, bb.y0, bb.x1, bb.y1)
+            cost = sum(_overlap(box, o) for o in placed)
+            cost += sum(_overlap(box, m) for j, m in enumerate(markers) if j != i)
+            if (
+                box[0] < frame.x0
+                or box[2] > frame.x1
+                or box[1] < frame.y0
+                or box[3] > frame.y1
+            ):
+                cost += 1e6
+            t.remove()
+            if best is None or cost < best[0]:
+                best = (cost, dx, dy, box)
+            if cost == 0:
+                break
+        _, dx, dy, box = best
+        arrow = dict(arrowstyle="-", lw=0.4, color="0.5") if dy else None
+        _label(ax, names[i], points[i], dx, dy, colors[i], fontsize, arrow)
+        placed.append(box)
+    return placed
+
+
 def plot(results: dict, out: Path) -> None:
+    """WER against size on disk: one panel per test set, one colour per method (float,
+    PTQ, QAT), log size axis, bootstrap intervals as error bars, labels placed where
+    they overlap no other label or marker (``place_labels``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    markers = {"float": "o", "ptq": "s", "qat": "^"}
-    for part in results["test_sets"]:
-        for r in results["systems"]:
-            if r["size_bytes"] and part in r["wer"]:
-                ax.scatter(r["size_bytes"] / 2**20, r["wer"][part],
-                           marker=markers[r["method"]], s=40)
-                ax.annotate(f"{r['name']} ({part})", (r["size_bytes"] / 2**20, r["wer"][part]),
-                            fontsize=7, xytext=(4, 3), textcoords="offset points")
-    ax.set_xlabel("model file size on disk (MiB)")
-    ax.set_ylabel(f"WER (%), {results['decode_method']}")
-    ax.set_title("WER vs model size (o float, s PTQ, ^ QAT)")
-    ax.grid(alpha=0.3)
+    method = results["decode_method"]
+    parts = results["test_sets"]
+    fig, axes = plt.subplots(
+        1, len(parts), figsize=(6.5 * len(parts), 5.0), squeeze=False
+    )
+    # systems of one size (PTQ and QAT of a plan) are drawn slightly apart
+    dodge = {"float": 1.0, "ptq": 0.95, "qat": 1.05}
+
+    def xpos(r: dict) -> float:
+        return r["size_bytes"] / 2**20 * dodge[r["method"]]
+
+    for ax, part in zip(axes[0], parts):
+        pts = [r for r in results["systems"] if r["size_bytes"] and part in r["wer"]]
+        for kind in ("float", "ptq", "qat"):
+            sel = [r for r in pts if r["method"] == kind]
+            if not sel:
+                continue
+            xs = [xpos(r) for r in sel]
+            ys = [r["wer"][part] for r in sel]
+            cis = [(r.get("wer_ci") or {}).get(method, {}).get(part) for r in sel]
+            # a percentile interval need not contain the point on tiny test sets
+            err = [
+                [max(y - ci[0], 0.0) if ci else 0.0 for y, ci in zip(ys, cis)],
+                [max(ci[1] - y, 0.0) if ci else 0.0 for y, ci in zip(ys, cis)],
+            ]
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=err,
+                fmt=MARKERS[kind],
+                color=COLORS[kind],
+                ecolor=COLORS[kind],
+                elinewidth=1,
+                capsize=3,
+                markersize=7,
+                label={"float": "float", "ptq": "PTQ", "qat": "QAT"}[kind],
+            )
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_title(f"{part} ({method})")
+        ax.set_xlabel("model file size on disk (MiB, log scale)")
+        ax.set_ylabel("WER (%), 95% bootstrap interval")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(loc="upper right", fontsize=8)
+        if pts:
+            xs = [r["size_bytes"] / 2**20 for r in pts]
+            ax.set_xlim(min(xs) / 1.5, max(xs) * 3.0)
+            ys = [r["wer"][part] for r in pts]
+            lo = min(
+                min(
+                    ((r.get("wer_ci") or {}).get(method, {}).get(part) or [y])[0]
+                    for r, y in zip(pts, ys)
+                ),
+                min(ys),
+            )
+            hi = max(
+                max(
+                    ((r.get("wer_ci") or {}).get(method, {}).get(part) or [0, y])[-1]
+                    for r, y in zip(pts, ys)
+                ),
+                max(ys),
+            )
+            pad = max(hi - lo, 1.0) * 0.12
+            ax.set_ylim(max(lo - pad, 0), hi + pad)
     fig.tight_layout()
+    fig.canvas.draw()
+    for ax, part in zip(axes[0], parts):
+        pts = [r for r in results["systems"] if r["size_bytes"] and part in r["wer"]]
+        place_labels(
+            ax,
+            [(xpos(r), r["wer"][part]) for r in pts],
+            [r["name"] for r in pts],
+            [COLORS[r["method"]] for r in pts],
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
     plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Report WER and model size of a recipe's systems.")
+    p = argparse.ArgumentParser(
+        description="Report WER and model size of a recipe's systems."
+    )
     p.add_argument("--systems", default="conf/systems.yaml")
     p.add_argument("--exp-dir", default="exp")
     p.add_argument("--test-parts", nargs="+", default=["test"])
-    p.add_argument("--decode-method", default="greedy_search")
+    p.add_argument(
+        "--decode-methods",
+        "--decode-method",
+        nargs="+",
+        default=["greedy_search"],
+        help="decoding methods shown; the first is the plot's and the primary one",
+    )
+    p.add_argument("--bootstrap-resamples", type=int, default=1000)
     p.add_argument("--results-md", default="RESULTS.md")
     p.add_argument("--title", default="Results")
-    p.add_argument("--out", default=None, help="results JSON (default: EXP_DIR/results.json)")
-    p.add_argument("--plot", default=None, help="PNG (default: EXP_DIR/wer_vs_size.png)")
+    p.add_argument(
+        "--out", default=None, help="results JSON (default: EXP_DIR/results.json)"
+    )
+    p.add_argument(
+        "--plot", default=None, help="PNG (default: EXP_DIR/wer_vs_size.png)"
+    )
     args = p.parse_args(argv)
     setup_logging()
     try:
-        results = collect(args.systems, args.exp_dir, args.test_parts, args.decode_method)
+        results = collect(
+            args.systems,
+            args.exp_dir,
+            args.test_parts,
+            args.decode_methods,
+            args.bootstrap_resamples,
+        )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     # model files are reported relative to the recipe dir (where the report runs)
     out = Path(args.out or Path(args.exp_dir) / "results.json")
-    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2) + "\n"))
+    atomic_write(
+        out, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2) + "\n")
+    )
     update_results_md(Path(args.results_md), markdown(results, args.title))
     png = Path(args.plot or Path(args.exp_dir) / "wer_vs_size.png")
     plot(results, png)

@@ -131,6 +131,8 @@ class LRSchedule:
     ``warmup_cosine``: linear warm-up to ``lr`` over ``warmup_steps``, then cosine
     decay to ``final_lr_ratio * lr`` at ``max_steps``. ``noam``: linear warm-up,
     then ``lr * sqrt(warmup_steps / step)``. ``constant``: warm-up, then ``lr``.
+    ``eden``: warm-up, then ``lr * ((step^2 + D^2) / D^2) ** -0.25`` with
+    ``D = lr_decay_steps`` (icefall's Eden factor over steps).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig):
@@ -148,6 +150,9 @@ class LRSchedule:
             return c.lr
         if c.lr_schedule == "noam":
             return c.lr * math.sqrt(c.warmup_steps / s)
+        if c.lr_schedule == "eden":
+            d2 = float(c.lr_decay_steps) ** 2
+            return c.lr * ((s * s + d2) / d2) ** -0.25
         span = max(1, c.max_steps - c.warmup_steps)
         frac = min(1.0, (s - c.warmup_steps) / span)
         floor = c.lr * c.final_lr_ratio
@@ -171,6 +176,18 @@ class LRSchedule:
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         self.step_count = int(sd["step_count"])
         self._apply()
+
+
+def make_optimizer(model: torch.nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over every parameter with ``tc.lr``, ``tc.adam_betas``,
+    ``tc.weight_decay`` (its fused kernel with ``tc.adam_fused``)."""
+    return torch.optim.AdamW(
+        model.parameters(),
+        lr=tc.lr,
+        betas=tuple(tc.adam_betas),
+        weight_decay=tc.weight_decay,
+        fused=True if tc.adam_fused else None,
+    )
 
 
 # ------------------------------------------------------------------ helpers
@@ -358,12 +375,7 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
     def autocast():
         return torch.autocast(device_kind, dtype=amp, enabled=amp is not None)
 
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=tc.lr,
-        betas=tuple(tc.adam_betas),
-        weight_decay=tc.weight_decay,
-    )
+    optimizer = make_optimizer(model, tc)
     scheduler = LRSchedule(optimizer, tc)
 
     spec = DataSpec(

@@ -12,7 +12,10 @@ DATA is audio files (utterance id = file name without extension) or Kaldi data d
 are resolved against the data dir). Audio is downmixed to mono and resampled to the
 model's rate. Prints ``utt-id<TAB>hypothesis`` per utterance, in input (wav.scp)
 order. When a ``text`` file is there, a WER summary goes to stderr and ``--json FILE``
-writes ``{"wer", "errors", "words", "utts", "rtf"}``. A missing or unreadable audio
+writes ``{"wer", "errors", "words", "utts", "rtf", "scoring"}``. Words are compared
+after the recipes' transcript normalisation (upper case, punctuation removed), so a
+lower-case or punctuated ``text`` scores as it should; ``--scoring verbatim`` compares
+them exactly as written. A missing or unreadable audio
 file is reported by name and skipped; the exit status is then 1.
 """
 
@@ -30,7 +33,7 @@ import torch
 from q4asr.data.features import fbank_extractor
 from q4asr.data.kaldi import load_audio, read_kaldi_data_dir
 from q4asr.decode.recognize import METHODS, recognize_batch
-from q4asr.decode.scoring import score
+from q4asr.decode.scoring import SCORING_MODES, score, scoring_note
 from q4asr.modelfile import load_asr_model
 from q4asr.utils import setup_logging
 
@@ -67,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--json", default=None, help="write the WER summary here")
     p.add_argument("--out", default=None, help="write the hypotheses here, not stdout")
+    p.add_argument("--scoring", default="normalized", choices=SCORING_MODES,
+                   help="normalized (default): upper case, punctuation removed; "
+                   "verbatim: words exactly as written")
     p.add_argument("--num-threads", type=int, default=None)
     args = p.parse_args(argv)
     setup_logging(logging.WARNING)
@@ -132,13 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
     if refs:
-        s, _ = score(refs, hyps)
+        s, _ = score(refs, hyps, args.scoring)
         rtf = compute_s / max(audio_s, 1e-9)
         summary = {"wer": s.wer, "errors": s.errors, "words": s.words, "utts": s.utts,
-                   "rtf": round(rtf, 5)}
+                   "rtf": round(rtf, 5), "scoring": args.scoring}
         print(f"%WER {s.wer:.2f} [ {s.errors} / {s.words}, {s.insertions} ins, "
               f"{s.deletions} del, {s.substitutions} sub ] over {s.utts} utterances, "
-              f"RTF {rtf:.3f}", file=sys.stderr)
+              f"RTF {rtf:.3f}; {scoring_note(args.scoring)}", file=sys.stderr)
         if args.json:
             Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     elif args.json:

@@ -19,6 +19,7 @@ class ModelConfig:
     # input and encoder
     num_mel_bins: int = 80
     subsampling_channels: int = 64
+    subsampling_first_channels: int = 0  # 0: the same as subsampling_channels
     d_model: int = 144
     num_layers: int = 6
     num_heads: int = 4
@@ -57,7 +58,12 @@ class ModelConfig:
                 raise ValueError(
                     f"ModelConfig.{name} must be a positive integer, got {value!r}"
                 )
-        for name in ("vocab_size", "blank_id", "prune_range"):
+        for name in (
+            "vocab_size",
+            "blank_id",
+            "prune_range",
+            "subsampling_first_channels",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(
@@ -74,6 +80,11 @@ class ModelConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"ModelConfig.{name} must be a number, got {value!r}")
             setattr(self, name, float(value))
+        if self.subsampling_first_channels < 0:
+            raise ValueError(
+                "ModelConfig.subsampling_first_channels must be >= 0 (0: the same as "
+                f"subsampling_channels), got {self.subsampling_first_channels}"
+            )
         if self.num_mel_bins < 7:
             raise ValueError(
                 "ModelConfig.num_mel_bins must be >= 7 for the x4 conv subsampling, "

@@ -53,14 +53,26 @@ def make_pad_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
 
 
 class Conv2dSubsampling(nn.Module):
-    """x4 subsampling: two 3x3 stride-2 Conv2d + ReLU, then Linear to d_model."""
+    """x4 subsampling: two 3x3 stride-2 Conv2d + ReLU, then Linear to d_model.
 
-    def __init__(self, num_mel_bins: int, channels: int, d_model: int) -> None:
+    ``first_channels`` (default: ``channels``) is the width of the first convolution,
+    the one that runs at twice the encoder's frame rate: icefall's Conv2dSubsampling
+    keeps it narrow (8) and widens later.
+    """
+
+    def __init__(
+        self,
+        num_mel_bins: int,
+        channels: int,
+        d_model: int,
+        first_channels: int | None = None,
+    ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(1, channels, kernel_size=3, stride=2)
-        self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, stride=2)
-        self.act = nn.ReLU()
+        c1 = first_channels or channels
+        self.conv1 = nn.Conv2d(1, c1, kernel_size=3, stride=2)
+        self.conv2 = nn.Conv2d(c1, channels, kernel_size=3, stride=2)
         f_out = ((num_mel_bins - 1) // 2 - 1) // 2
+        self.act = nn.ReLU()
         self.out = nn.Linear(channels * f_out, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -263,7 +275,10 @@ class ConformerEncoder(nn.Module):
         self.num_mel_bins = cfg.num_mel_bins
         self.d_model = cfg.d_model
         self.embed = Conv2dSubsampling(
-            cfg.num_mel_bins, cfg.subsampling_channels, cfg.d_model
+            cfg.num_mel_bins,
+            cfg.subsampling_channels,
+            cfg.d_model,
+            first_channels=cfg.subsampling_first_channels or None,
         )
         self.pos_enc = RelPositionalEncoding(cfg.d_model, cfg.dropout)
         self.dropout = nn.Dropout(cfg.dropout)

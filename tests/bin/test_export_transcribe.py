@@ -88,9 +88,10 @@ def test_transcribe_equals_decoding_the_checkpoint(qat_int4, tiny_corpus, tmp_pa
     served = {x[0]: x[1] for x in lines}
     assert any(served.values()), "the model emits nothing; the comparison would be empty"
     summary = json.loads((tmp_path / "wer.json").read_text())
-    assert set(summary) == {"wer", "errors", "words", "utts", "rtf"}
+    assert set(summary) == {"wer", "errors", "words", "utts", "rtf", "scoring"}
     assert summary["utts"] == len(ids) and summary["rtf"] > 0
-    assert "%WER" in r.stderr
+    assert summary["scoring"] == "normalized"
+    assert "%WER" in r.stderr and "after normalisation" in r.stderr
 
     # the checkpoint, on features computed from the same audio (cuts without features)
     recs = load_manifest(tiny_corpus.manifest_dir / "synth_recordings_test.jsonl.gz")
@@ -144,3 +145,28 @@ def test_decode_writes_result_files(qat_int4, tiny_corpus, tmp_path):
             str(tiny_corpus.cuts["dev"]), "--test-set", "dev", "--out-dir", str(tmp_path),
             check=False)
     assert r.returncode == 1 and "none.safetensors" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_lower_case_punctuated_text_scores_like_the_recipe_text(qat_int4, tiny_corpus,
+                                                                 tmp_path):
+    """A Kaldi ``text`` in lower case with punctuation scores as the upper-case original
+    (the recipes' normalisation); ``--scoring verbatim`` compares words as written."""
+    _, _, model = qat_int4
+    data = kaldi_dir(tiny_corpus, tmp_path)
+    lines = (data / "text").read_text().splitlines()
+    wers = {}
+    for name, text in (("upper", lines),
+                       ("lower", [f"{u} {t.lower()}." for u, t in
+                                  (ln.split(" ", 1) for ln in lines)])):
+        (data / "text").write_text("\n".join(text) + "\n")
+        for scoring in ("normalized", "verbatim"):
+            out = tmp_path / f"{name}-{scoring}.json"
+            r = cli("q4asr.bin.transcribe", "--model", str(model), str(data),
+                    "--json", str(out), "--scoring", scoring)
+            assert scoring in r.stderr or "normalisation" in r.stderr
+            wers[name, scoring] = json.loads(out.read_text())
+    assert wers["lower", "normalized"]["wer"] == wers["upper", "normalized"]["wer"]
+    assert wers["upper", "verbatim"]["wer"] == wers["upper", "normalized"]["wer"]
+    # verbatim: no lower-case reference word can match an upper-case hypothesis word
+    lower = wers["lower", "verbatim"]
+    assert lower["errors"] >= lower["words"] and lower["wer"] >= 100.0

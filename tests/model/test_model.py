@@ -209,3 +209,26 @@ def test_bad_inputs_are_named():
         model.encode(feats[..., :-1], lens)
     with pytest.raises(ValueError, match="encoder frames"):
         model(feats[:1, :20], torch.tensor([20]), [list(range(1, 10))])
+
+
+def test_light_front_end():
+    """A narrow first convolution keeps the lengths, the padding independence and the
+    quantizable modules of the default front-end, with far fewer multiplies."""
+    torch.manual_seed(0)
+    cfg = ModelConfig.tiny(subsampling_first_channels=4, subsampling_channels=8)
+    model = build_model(cfg).train()
+    assert model.encoder.embed.conv1.out_channels == 4
+    assert model.encoder.embed.conv2.in_channels == 4
+    assert model.encoder.embed.conv2.out_channels == 8
+    for t in range(7, 40):
+        h = model.encoder.embed(torch.randn(1, t, cfg.num_mel_bins))
+        assert h.shape[1] == int(subsampled_lengths(torch.tensor([t]))[0]) >= 1
+    feats = torch.randn(1, 60, cfg.num_mel_bins)
+    enc, lens = model.encode(feats, torch.tensor([60]))
+    batch = 50 * torch.randn(2, 90, cfg.num_mel_bins)
+    batch[0, :60] = feats[0]
+    enc_b, lens_b = model.encode(batch, torch.tensor([60, 90]))
+    assert lens_b[0] == lens[0] == 14
+    torch.testing.assert_close(enc_b[0, : lens[0]], enc[0], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="subsampling_first_channels"):
+        ModelConfig.tiny(subsampling_first_channels=-1)

@@ -165,7 +165,7 @@ fi
 if run_stage 16 "report WER and model size of every system"; then
   # always rewritten: the report reflects whatever has been decoded so far
   q4asr-report --systems "$systems" --exp-dir "$exp_dir" --test-parts $test_parts \
-    --decode-method "$(echo "$decode_methods" | awk '{print $1}')" \
+    --decode-methods $decode_methods \
     --results-md "$results_md" --title "${results_title:-$prefix}"
   end_stage
 fi
