@@ -69,13 +69,13 @@ class IntModule(QuantModule, nn.Module):
     @classmethod
     def like(cls, qat: nn.Module, device=None) -> IntModule:
         """An empty integer module of the QAT module's shape and precision."""
-        return cls(
-            tuple(qat.weight.shape),
-            qat.precision,
-            qat.qname,
-            qat.bias is not None,
-            device=device,
-        )
+        shape = tuple(qat.weight.shape)
+        return cls(shape, qat.precision, qat.qname, *cls._args_of(qat), device=device)
+
+    @staticmethod
+    def _args_of(qat: nn.Module) -> tuple:
+        """The constructor's arguments after the precision and name."""
+        return (qat.bias is not None,)
 
     @classmethod
     def from_qat(cls, qat: nn.Module) -> IntModule:
@@ -156,16 +156,9 @@ class _IntConv(IntModule):
         super().__init__(weight_shape, precision, qname, bias, device=device)
         self.conv_args = args
 
-    @classmethod
-    def like(cls, qat: nn.Module, device=None) -> _IntConv:
-        return cls(
-            tuple(qat.weight.shape),
-            qat.precision,
-            qat.qname,
-            qat.bias is not None,
-            qat.conv_args(),
-            device=device,
-        )
+    @staticmethod
+    def _args_of(qat: nn.Module) -> tuple:
+        return (qat.bias is not None, qat.conv_args())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ops.check_input(self.qname, x)
@@ -212,15 +205,9 @@ class IntEmbedding(IntModule):
         )
         self.padding_idx = padding_idx
 
-    @classmethod
-    def like(cls, qat: QATEmbedding, device=None) -> IntEmbedding:
-        return cls(
-            tuple(qat.weight.shape),
-            qat.precision,
-            qat.qname,
-            qat.padding_idx,
-            device=device,
-        )
+    @staticmethod
+    def _args_of(qat: QATEmbedding) -> tuple:
+        return (qat.padding_idx,)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.qweight is None:
