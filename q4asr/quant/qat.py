@@ -124,6 +124,16 @@ def _conv_copy(cls: type, mod: nn.Module) -> nn.Module:
     return new.train(mod.training)
 
 
+def _qat_conv(cls: type, mod: nn.Module, precision: Precision, qname: str):
+    """The QAT conv ``cls`` of a float conv, sharing its Parameters."""
+    why = conv_args_problem(mod)
+    if why:
+        raise ValueError(f"{qname}: cannot quantize {why}")
+    new = _conv_copy(cls, mod)
+    new._init_quant(precision, qname)
+    return new
+
+
 def check_grouped_bound(
     qname: str, cin_per_group: int, k: int, precision: Precision
 ) -> None:
@@ -152,16 +162,12 @@ class QATConv1d(QuantModule, nn.Conv1d):
     def from_float(
         cls, mod: nn.Conv1d, precision: Precision, qname: str = ""
     ) -> QATConv1d:
-        why = conv_args_problem(mod)
-        if why:
-            raise ValueError(f"{qname}: cannot quantize {why}")
-        new = _conv_copy(cls, mod)
-        new._init_quant(precision, qname)
+        new = _qat_conv(cls, mod, precision, qname)
         if new.groups > 1:
             check_grouped_bound(
                 qname, new.in_channels // new.groups, new.kernel_size[0], precision
             )
-        return new.train(mod.training)
+        return new
 
     def to_float(self) -> nn.Conv1d:
         return _conv_copy(nn.Conv1d, self)
@@ -217,12 +223,7 @@ class QATConv2d(QuantModule, nn.Conv2d):
     def from_float(
         cls, mod: nn.Conv2d, precision: Precision, qname: str = ""
     ) -> QATConv2d:
-        why = conv_args_problem(mod)
-        if why:
-            raise ValueError(f"{qname}: cannot quantize {why}")
-        new = _conv_copy(cls, mod)
-        new._init_quant(precision, qname)
-        return new.train(mod.training)
+        return _qat_conv(cls, mod, precision, qname)
 
     def to_float(self) -> nn.Conv2d:
         return _conv_copy(nn.Conv2d, self)
