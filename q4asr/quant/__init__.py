@@ -11,6 +11,7 @@ from q4asr.quant.config import PlanError, Precision, PrecisionPlan, Rule, load_p
 from q4asr.quant.convert import (
     calibrate,
     convert,
+    integer_skeleton,
     prepare,
     set_quant_mode,
     unprepare,
@@ -49,6 +50,7 @@ __all__ = [
     "unprepare",
     "calibrate",
     "convert",
+    "integer_skeleton",
     "set_quant_mode",
     "save_quantized",
     "load_quantized",

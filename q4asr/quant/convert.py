@@ -1,5 +1,6 @@
 """Model-level operations: prepare (float -> QAT), unprepare (QAT -> float),
-calibrate (PTQ), set_quant_mode, convert (QAT -> integer).
+calibrate (PTQ), set_quant_mode, convert (QAT -> integer), integer_skeleton
+(float -> empty integer modules, for loading a model file).
 
 The plan a model was prepared with is kept on the root module as
 ``model.q4asr_plan`` (a :class:`PrecisionPlan`), so that conversion and
@@ -32,19 +33,14 @@ def _named(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return list(model.named_modules(remove_duplicate=False))
 
 
-def prepare(model: nn.Module, plan: PrecisionPlan) -> nn.Module:
-    """Swap float modules for QAT modules (sharing their Parameters) per ``plan``.
-
-    In place; returns the model (a new object only when the root itself is swapped).
-    Modules whose precision is float stay untouched; an all-float plan is valid.
-    Raises PlanError for a pattern matching no module, a quantizing rule matching
-    only unquantizable modules, or a module whose configuration cannot be
-    quantized.
-    """
+def _swap(
+    model: nn.Module, plan: PrecisionPlan, make: Callable[..., nn.Module]
+) -> nn.Module:
+    """Replace every module ``plan`` quantizes by ``make(mod, precision, qname)``,
+    in place (a new object only when the root itself is swapped), and record the
+    plan on the root. The checks of :func:`prepare`."""
     if not isinstance(plan, PrecisionPlan):
-        raise TypeError(
-            f"prepare: plan must be a PrecisionPlan, got {type(plan).__name__}"
-        )
+        raise TypeError(f"plan must be a PrecisionPlan, got {type(plan).__name__}")
     named = _named(model)
     if any(isinstance(m, QuantModule) for _, m in named):
         raise PlanError("prepare: model already holds QAT or integer modules")
@@ -57,9 +53,8 @@ def prepare(model: nn.Module, plan: PrecisionPlan) -> nn.Module:
         mod = modules[name]
         if isinstance(mod, nn.Embedding) and precision.weight_bits is None:
             continue  # embeddings quantize weights only
-        qat_cls = FLOAT_TO_QAT[type(mod)]
         try:
-            new = qat_cls.from_float(mod, precision, name or type(mod).__name__)
+            new = make(mod, precision, name or type(mod).__name__)
         except ValueError as e:
             raise PlanError(f"plan: module {e}") from None
         if name:
@@ -68,6 +63,37 @@ def prepare(model: nn.Module, plan: PrecisionPlan) -> nn.Module:
             model = new
     setattr(model, PLAN_ATTR, plan)
     return model
+
+
+def prepare(model: nn.Module, plan: PrecisionPlan) -> nn.Module:
+    """Swap float modules for QAT modules (sharing their Parameters) per ``plan``.
+
+    In place; returns the model (a new object only when the root itself is swapped).
+    Modules whose precision is float stay untouched; an all-float plan is valid.
+    Raises PlanError for a pattern matching no module, a quantizing rule matching
+    only unquantizable modules, or a module whose configuration cannot be
+    quantized.
+    """
+
+    def make(mod: nn.Module, precision, qname: str) -> nn.Module:
+        return FLOAT_TO_QAT[type(mod)].from_float(mod, precision, qname)
+
+    return _swap(model, plan, make)
+
+
+def integer_skeleton(model: nn.Module, plan: PrecisionPlan) -> nn.Module:
+    """Swap float modules for empty integer modules per ``plan``: the model that
+    :func:`prepare` then :func:`convert` would give, built from the float modules'
+    shapes only (no QAT module, no weight read or quantized; a float model on the
+    ``meta`` device gives a skeleton on it). The checks and errors of
+    :func:`prepare`. In eval mode."""
+
+    def make(mod: nn.Module, precision, qname: str) -> nn.Module:
+        qat_cls = FLOAT_TO_QAT[type(mod)]
+        qat_cls.check(mod, precision, qname)
+        return QAT_TO_INT[qat_cls].like(mod, precision, qname, mod.weight.device)
+
+    return _swap(model, plan, make).eval()
 
 
 def qat_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -132,15 +158,11 @@ def calibrate(model: nn.Module, run_batches: Callable[[nn.Module], None]) -> nn.
 
 
 @torch.no_grad()
-def convert(model: nn.Module, weights: bool = True) -> nn.Module:
+def convert(model: nn.Module) -> nn.Module:
     """Replace QAT modules by integer modules (int8 / packed int4 weights + bfloat16
     scales). In place; returns the model (a new object only when the root is a QAT
     module). The result is in eval mode and computes exactly what the QAT model
-    computes in eval mode.
-
-    ``weights=False`` builds empty integer modules of the right shapes and
-    precisions (on the QAT weights' device, e.g. ``meta``) without reading or
-    quantizing any weight: the skeleton that a model file is loaded into."""
+    computes in eval mode."""
     plan = getattr(model, PLAN_ATTR, None)
     named = _named(model)
     if any(isinstance(m, IntModule) for _, m in named):
@@ -149,10 +171,7 @@ def convert(model: nn.Module, weights: bool = True) -> nn.Module:
         int_cls = QAT_TO_INT.get(type(mod))
         if int_cls is None:
             continue
-        if weights:
-            new = int_cls.from_qat(mod)
-        else:
-            new = int_cls.like(mod, device=mod.weight.device)
+        new = int_cls.from_qat(mod)
         if name:
             _set_child(model, name, new)
         else:

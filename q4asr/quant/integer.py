@@ -67,20 +67,23 @@ class IntModule(QuantModule, nn.Module):
         self.eval()
 
     @classmethod
-    def like(cls, qat: nn.Module, device=None) -> IntModule:
-        """An empty integer module of the QAT module's shape and precision."""
-        shape = tuple(qat.weight.shape)
-        return cls(shape, qat.precision, qat.qname, *cls._args_of(qat), device=device)
+    def like(
+        cls, mod: nn.Module, precision: Precision, qname: str, device=None
+    ) -> IntModule:
+        """An empty integer module of the shape of ``mod`` (its float or QAT module,
+        possibly on the meta device) at ``precision``; no weight is read."""
+        shape = tuple(mod.weight.shape)
+        return cls(shape, precision, qname, *cls._args_of(mod), device=device)
 
     @staticmethod
-    def _args_of(qat: nn.Module) -> tuple:
+    def _args_of(mod: nn.Module) -> tuple:
         """The constructor's arguments after the precision and name."""
-        return (qat.bias is not None,)
+        return (mod.bias is not None,)
 
     @classmethod
     def from_qat(cls, qat: nn.Module) -> IntModule:
         """The integer module of a QAT module: its weights quantized and stored."""
-        new = cls.like(qat, device=qat.weight.device)
+        new = cls.like(qat, qat.precision, qat.qname, device=qat.weight.device)
         new._fill_from(qat)
         return new
 
@@ -151,14 +154,15 @@ class _IntConv(IntModule):
     forward in :mod:`q4asr.quant.ops`."""
 
     _op = staticmethod(ops.conv1d)
+    _args = ops.Conv1dArgs
 
     def __init__(self, weight_shape, precision, qname, bias, args, device=None) -> None:
         super().__init__(weight_shape, precision, qname, bias, device=device)
         self.conv_args = args
 
-    @staticmethod
-    def _args_of(qat: nn.Module) -> tuple:
-        return (qat.bias is not None, qat.conv_args())
+    @classmethod
+    def _args_of(cls, mod: nn.Module) -> tuple:
+        return (mod.bias is not None, cls._args.of(mod))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ops.check_input(self.qname, x)
@@ -189,6 +193,7 @@ class IntConv2d(_IntConv):
     x: (N, C_in, H, W) -> (N, C_out, H', W')."""
 
     _op = staticmethod(ops.conv2d)
+    _args = ops.Conv2dArgs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         assert x.ndim == 4 and x.shape[1] == self.weight_shape[1], (self.qname, x.shape)
@@ -206,8 +211,8 @@ class IntEmbedding(IntModule):
         self.padding_idx = padding_idx
 
     @staticmethod
-    def _args_of(qat: QATEmbedding) -> tuple:
-        return (qat.padding_idx,)
+    def _args_of(mod: nn.Module) -> tuple:
+        return (mod.padding_idx,)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.qweight is None:

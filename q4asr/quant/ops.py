@@ -192,6 +192,11 @@ class Conv1dArgs(NamedTuple):
     dilation: int
     groups: int
 
+    @classmethod
+    def of(cls, conv: torch.nn.Conv1d) -> Conv1dArgs:
+        """The arguments of a Conv1d (float or QAT)."""
+        return cls(conv.stride[0], conv.padding[0], conv.dilation[0], conv.groups)
+
 
 def conv1d(
     x: torch.Tensor,
@@ -251,6 +256,11 @@ class Conv2dArgs(NamedTuple):
     stride: tuple[int, int]
     padding: tuple[int, int]
     dilation: tuple[int, int]
+
+    @classmethod
+    def of(cls, conv: torch.nn.Conv2d) -> Conv2dArgs:
+        """The arguments of a Conv2d (float or QAT; groups=1)."""
+        return cls(conv.kernel_size, conv.stride, conv.padding, conv.dilation)
 
 
 def conv2d(

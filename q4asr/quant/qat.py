@@ -47,9 +47,14 @@ class QATLinear(QuantModule, nn.Linear):
     """nn.Linear with native integer QAT. x: (..., in) -> (..., out)."""
 
     @classmethod
+    def check(cls, mod: nn.Module, precision: Precision, qname: str) -> None:
+        """Raise ValueError when ``mod`` cannot be quantized at ``precision``."""
+
+    @classmethod
     def from_float(
         cls, mod: nn.Linear, precision: Precision, qname: str = ""
     ) -> QATLinear:
+        cls.check(mod, precision, qname)
         with no_init():
             new = cls(
                 mod.in_features,
@@ -93,15 +98,17 @@ class QATLinear(QuantModule, nn.Linear):
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
-def conv_args_problem(mod: nn.Module) -> str | None:
-    """Why a conv module cannot be quantized, or None."""
+def check_conv_args(mod: nn.Module, qname: str) -> None:
+    """Raise ValueError when a conv's arguments cannot be quantized."""
+    why = None
     if isinstance(mod.padding, str):
-        return f"padding={mod.padding!r} (only integer padding is supported)"
-    if mod.padding_mode != "zeros":
-        return f"padding_mode={mod.padding_mode!r} (only 'zeros' is supported)"
-    if isinstance(mod, nn.Conv2d) and mod.groups != 1:
-        return f"Conv2d with groups={mod.groups} (only groups=1 is supported)"
-    return None
+        why = f"padding={mod.padding!r} (only integer padding is supported)"
+    elif mod.padding_mode != "zeros":
+        why = f"padding_mode={mod.padding_mode!r} (only 'zeros' is supported)"
+    elif isinstance(mod, nn.Conv2d) and mod.groups != 1:
+        why = f"Conv2d with groups={mod.groups} (only groups=1 is supported)"
+    if why:
+        raise ValueError(f"{qname}: cannot quantize {why}")
 
 
 def _conv_copy(cls: type, mod: nn.Module) -> nn.Module:
@@ -126,9 +133,7 @@ def _conv_copy(cls: type, mod: nn.Module) -> nn.Module:
 
 def _qat_conv(cls: type, mod: nn.Module, precision: Precision, qname: str):
     """The QAT conv ``cls`` of a float conv, sharing its Parameters."""
-    why = conv_args_problem(mod)
-    if why:
-        raise ValueError(f"{qname}: cannot quantize {why}")
+    cls.check(mod, precision, qname)
     new = _conv_copy(cls, mod)
     new._init_quant(precision, qname)
     return new
@@ -159,23 +164,21 @@ class QATConv1d(QuantModule, nn.Conv1d):
     """
 
     @classmethod
+    def check(cls, mod: nn.Module, precision: Precision, qname: str) -> None:
+        check_conv_args(mod, qname)
+        if mod.groups > 1:
+            check_grouped_bound(
+                qname, mod.in_channels // mod.groups, mod.kernel_size[0], precision
+            )
+
+    @classmethod
     def from_float(
         cls, mod: nn.Conv1d, precision: Precision, qname: str = ""
     ) -> QATConv1d:
-        new = _qat_conv(cls, mod, precision, qname)
-        if new.groups > 1:
-            check_grouped_bound(
-                qname, new.in_channels // new.groups, new.kernel_size[0], precision
-            )
-        return new
+        return _qat_conv(cls, mod, precision, qname)
 
     def to_float(self) -> nn.Conv1d:
         return _conv_copy(nn.Conv1d, self)
-
-    def conv_args(self) -> ops.Conv1dArgs:
-        return ops.Conv1dArgs(
-            self.stride[0], self.padding[0], self.dilation[0], self.groups
-        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         assert x.ndim == 3 and x.shape[1] == self.in_channels, (self.qname, x.shape)
@@ -184,7 +187,11 @@ class QATConv1d(QuantModule, nn.Conv1d):
         if not self.quant_enabled or self.observing:
             return super().forward(x)
         ops.check_input(self.qname, x)
-        act, args, shape = self.act_quant(), self.conv_args(), tuple(self.weight.shape)
+        act, args, shape = (
+            self.act_quant(),
+            ops.Conv1dArgs.of(self),
+            tuple(self.weight.shape),
+        )
         if _int_path(self, act) and self.groups > 1:
             return IntGroupedConv1dSTE.apply(
                 x,
@@ -220,6 +227,10 @@ class QATConv2d(QuantModule, nn.Conv2d):
     x: (N, C_in, H, W) -> (N, C_out, H', W') (channels-last memory)."""
 
     @classmethod
+    def check(cls, mod: nn.Module, precision: Precision, qname: str) -> None:
+        check_conv_args(mod, qname)
+
+    @classmethod
     def from_float(
         cls, mod: nn.Conv2d, precision: Precision, qname: str = ""
     ) -> QATConv2d:
@@ -228,11 +239,6 @@ class QATConv2d(QuantModule, nn.Conv2d):
     def to_float(self) -> nn.Conv2d:
         return _conv_copy(nn.Conv2d, self)
 
-    def conv_args(self) -> ops.Conv2dArgs:
-        return ops.Conv2dArgs(
-            self.kernel_size, self.stride, self.padding, self.dilation
-        )
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         assert x.ndim == 4 and x.shape[1] == self.in_channels, (self.qname, x.shape)
         if self.observing:
@@ -240,7 +246,11 @@ class QATConv2d(QuantModule, nn.Conv2d):
         if not self.quant_enabled or self.observing:
             return super().forward(x)
         ops.check_input(self.qname, x)
-        act, args, shape = self.act_quant(), self.conv_args(), tuple(self.weight.shape)
+        act, args, shape = (
+            self.act_quant(),
+            ops.Conv2dArgs.of(self),
+            tuple(self.weight.shape),
+        )
         if _int_path(self, act):
             return IntConv2dSTE.apply(
                 x,
@@ -261,13 +271,17 @@ class QATEmbedding(QuantModule, nn.Embedding):
     vector). ids: (...) int64 -> (..., dim) float32. Activation bits do not apply."""
 
     @classmethod
-    def from_float(
-        cls, mod: nn.Embedding, precision: Precision, qname: str = ""
-    ) -> QATEmbedding:
+    def check(cls, mod: nn.Module, precision: Precision, qname: str) -> None:
         if mod.max_norm is not None:
             raise ValueError(f"{qname}: cannot quantize an Embedding with max_norm")
         if mod.sparse:
             raise ValueError(f"{qname}: cannot quantize a sparse Embedding")
+
+    @classmethod
+    def from_float(
+        cls, mod: nn.Embedding, precision: Precision, qname: str = ""
+    ) -> QATEmbedding:
+        cls.check(mod, precision, qname)
         with no_init():
             new = cls(
                 mod.num_embeddings,

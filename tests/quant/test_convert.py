@@ -202,3 +202,55 @@ def test_low_precision_input_without_autocast(name, tiny_net, tiny_batch):
     assert torch.equal(y_qat, y_int) and torch.equal(y_qat, y_f32.bfloat16())
     with pytest.raises(TypeError, match="ff: quantized modules take float32"):
         model.ff(x.double())
+
+
+def _structure(model):
+    """What a model file must fit: module types and precisions, state-dict keys,
+    dtypes and shapes."""
+    mods = {
+        n: (
+            type(m).__name__,
+            getattr(m, "weight_bits", None),
+            getattr(m, "act_bits", None),
+        )
+        for n, m in model.named_modules()
+    }
+    state = {k: (v.dtype, tuple(v.shape)) for k, v in model.state_dict().items()}
+    return mods, state
+
+
+@pytest.mark.parametrize("name", sorted(PLANS))
+def test_integer_skeleton_is_the_converted_model_without_weights(
+    name, tiny_net, tiny_net_cls
+):
+    """integer_skeleton (float -> empty integer modules on the meta device) builds
+    what prepare + convert build, without any QAT module or weight."""
+    from q4asr.quant import integer_skeleton
+    from q4asr.quant.serialize import skeleton
+
+    plan = PrecisionPlan.from_dict(PLANS[name])
+    converted = convert(prepare(tiny_net, plan))
+    with skeleton():
+        meta_float = tiny_net_cls()
+    skel = integer_skeleton(meta_float, plan)
+    assert _structure(skel) == _structure(converted)
+    assert not skel.training
+    assert all(t.is_meta for t in skel.state_dict().values())
+    assert skel.q4asr_plan is plan
+
+
+def test_integer_skeleton_checks_like_prepare():
+    """A module prepare refuses is refused by integer_skeleton with the same error."""
+    from q4asr.quant import PlanError, integer_skeleton
+
+    plan = PrecisionPlan.from_dict(PLANS["w4a8"])
+
+    def net():
+        return torch.nn.Sequential(torch.nn.Conv1d(4, 4, 3, padding="same"))
+
+    errors = []
+    for fn in (prepare, integer_skeleton):
+        with pytest.raises(PlanError) as e:
+            fn(net(), plan)
+        errors.append(str(e.value))
+    assert errors[0] == errors[1] and "padding='same'" in errors[0]
