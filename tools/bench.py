@@ -919,6 +919,7 @@ def load_section(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": args.seconds,
         "threads": args.threads,
         "load_repeats": args.load_repeats,
+        "command": "python tools/bench.py " + " ".join(sys.argv[1:]),
     }
     return out
 
@@ -930,7 +931,7 @@ def render_load_markdown(r: dict[str, Any]) -> str:
         "",
         "### Loading an integer model: memory and time",
         "",
-        f"`python tools/bench.py --load-only --batch 2 --seconds 4 --load-repeats 1 --json benchmarks/load.json --load-md BENCHMARKS.md` on "
+        f"`{st['command']}` on "
         f"{r['machine']['cpu']}, {st['threads']} thread(s). "
         "A fresh process per system loads the model file and decodes one batch "
         f"({st['batch']} x {st['seconds']:g} s); peak RSS is over the RSS after "
