@@ -5,7 +5,8 @@
 #   tools/install.sh [--cuda] [--no-apt]
 #
 # - a virtual env in .venv (unless one is already active)
-# - the pinned Python packages from setup.cfg, q4asr installed editable with [test,bench]
+# - the pinned Python packages from setup.cfg, q4asr installed editable with
+#   [test,bench] (and [interpret], Triton for the fused kernels' tests, without --cuda)
 # - fast_rnnt 1.3 (k2's pruned RNN-T loss) built from its PyPI sdist offline, the wheel
 #   cached in $Q4ASR_CACHE (default ~/.cache/q4asr) so it is built once per machine
 # - the Debian packages the recipes need (sox, TTS engines, wordnet), when running as root
@@ -20,7 +21,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --cuda) cuda=true ;;
     --no-apt) apt=false ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "$0: unknown option '$1' (use --cuda, --no-apt)" >&2; exit 1 ;;
   esac
   shift
@@ -67,7 +68,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! $py -c "import q4asr, torch
   # torch first and alone: the pin resolves to the local CPU build where there is one.
   $py -m pip install -q --upgrade pip setuptools wheel
   $py -m pip install -q "$(grep -E '^\s*torch==' setup.cfg | tr -d ' ')"
-  $py -m pip install -q -e ".[test,bench]"
+  extras=test,bench
+  $cuda || extras=$extras,interpret  # CUDA torch ships its own Triton
+  $py -m pip install -q -e ".[$extras]"
   echo "$want" > "$stamp"
 fi
 

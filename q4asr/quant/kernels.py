@@ -28,6 +28,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from q4asr.quant import fused
+
 FLOAT32_EXACT_LIMIT = 1 << 24
 
 
@@ -115,24 +117,34 @@ def int_linear(
     qw: torch.Tensor,
     sw: torch.Tensor,
     bias: torch.Tensor | None,
+    out_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Native integer linear ``y = (qx @ qw^T) * (sx * sw) + bias``.
+    """Native integer linear ``y = (qx @ qw^T) * (sx * sw) + bias``, computed in
+    float32 and returned in ``out_dtype`` (one fused kernel where
+    :func:`q4asr.quant.fused.enabled`).
 
     Args:
       qx: (M, K) int8; sx: (M, 1) or (1, 1) float32.
       qw: (N, K) int8; sw: (N, 1) or (1, 1) float32.
       bias: (N,) float32 or None.
     Returns:
-      (M, N) float32.
+      (M, N) ``out_dtype``.
     """
     assert qx.ndim == 2 and qw.ndim == 2 and qx.shape[1] == qw.shape[1], (
         qx.shape,
         qw.shape,
     )
+    y = (
+        fused.int_mm_rescale(qx, qw, sx, sw, bias, out_dtype)
+        if fused.enabled(qx)
+        else None
+    )
+    if y is not None:
+        return y
     y = rescale(int_mm(qx, qw.t()), sx, sw.reshape(1, -1))
     if bias is not None:
         y.add_(bias)
-    return y
+    return y.to(out_dtype)
 
 
 def int_conv2d(
@@ -144,8 +156,10 @@ def int_conv2d(
     stride: tuple[int, int],
     padding: tuple[int, int],
     dilation: tuple[int, int],
+    out_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Native integer conv2d (groups=1): int8 patches x int8 weights, int32 sums.
+    """Native integer conv2d (groups=1): int8 patches x int8 weights, int32 sums,
+    rescaled in float32 and returned in ``out_dtype``.
 
     The input is quantized *before* unfolding, so the patches are gathered from an
     int8 image (a quarter of the bytes of float32) and no quantization runs on the
@@ -159,7 +173,7 @@ def int_conv2d(
       qw: (n_out, C, kh, kw) int8; sw: (n_out, 1) or (1, 1) float32.
       bias: (n_out,) float32 or None.
     Returns:
-      (N, n_out, Ho, Wo) float32.
+      (N, n_out, Ho, Wo) ``out_dtype``.
     """
     assert qx.dtype == torch.int8 and qw.dtype == torch.int8, (qx.dtype, qw.dtype)
     assert qx.ndim == 4 and qw.ndim == 4 and qx.shape[1] == qw.shape[1], (
@@ -183,11 +197,19 @@ def int_conv2d(
         (s0, stride[0] * s1, stride[1] * s2, dilation[0] * s1, dilation[1] * s2, s3),
     ).reshape(N * Ho * Wo, kh * kw * C)
     w2 = qw.permute(0, 2, 3, 1).reshape(n_out, kh * kw * C)
+    if fused.enabled(cols):
+        # the per-sample scale of every patch row (one value if per tensor)
+        sx_rows = sx.reshape(-1, 1)
+        if sx_rows.shape[0] > 1:
+            sx_rows = sx_rows.expand(-1, Ho * Wo)
+        y = fused.int_mm_rescale(cols, w2, sx_rows, sw, bias, out_dtype)
+        if y is not None:
+            return y.view(N, Ho, Wo, n_out).permute(0, 3, 1, 2)
     acc = int_mm(cols, w2.t()).reshape(N, Ho * Wo, n_out)
     y = rescale(acc, sx.reshape(-1, 1, 1), sw.reshape(1, 1, -1))
     if bias is not None:
         y.add_(bias)
-    return y.view(N, Ho, Wo, n_out).permute(0, 3, 1, 2)
+    return y.view(N, Ho, Wo, n_out).permute(0, 3, 1, 2).to(out_dtype)
 
 
 def grouped_conv_bound(k_per_out: int, qmax_x: int, qmax_w: int) -> int:

@@ -181,7 +181,7 @@ def linear(
         qa = act.quantize(x, per_group=False, mask=saved is not None)
         if saved is not None:
             saved.append(qa)
-        return int_linear(qa.q, qa.scale, w.values(), w.scale, bias).to(out)
+        return int_linear(qa.q, qa.scale, w.values(), w.scale, bias, out)
     x = act.fake(float_input(x))
     return F.linear(x, _float_weight(w), bias).to(out)
 
@@ -280,7 +280,7 @@ def conv2d(
         qa = act.quantize(x, per_group=False, mask=saved is not None)
         if saved is not None:
             saved.append(qa)
-        y = int_conv2d(
+        return int_conv2d(
             qa.q,
             qa.scale,
             w.values().reshape(shape),
@@ -289,8 +289,8 @@ def conv2d(
             args.stride,
             args.padding,
             args.dilation,
+            out,
         )
-        return y.to(out)
     x = act.fake(float_input(x))
     wf = _float_weight(w).reshape(shape)
     return F.conv2d(x, wf, bias, args.stride, args.padding, args.dilation).to(out)

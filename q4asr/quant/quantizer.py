@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from q4asr.quant import fused
+
 # Stored weight scales and biases of quantized modules are bfloat16 (float32's range:
 # no scale under- or overflows), half the bytes of float32 per output channel.
 SCALE_DTYPE = torch.bfloat16
@@ -86,6 +88,17 @@ def quantize(
       ``[-qmax, qmax]``; ``scale`` float32 broadcastable to ``x``.
     """
     qmax = qmax_for(bits)
+    if (
+        scale is None
+        and keep_dims == (0,)
+        and x.ndim == 2
+        and not return_mask
+        and x.stride(1) == 1
+        and fused.enabled(x)
+    ):  # dynamic per-row scales: one kernel reads x once for the scale, once for q
+        qs = fused.quantize_rows(x.detach(), bits, EPS)
+        if qs is not None:
+            return qs
     if x.dtype != torch.float32:  # bfloat16/float16 values are exact in float32
         x = x.float()
     if scale is None:
