@@ -38,6 +38,7 @@ test suite does).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import glob
 import json
@@ -360,13 +361,15 @@ def train_steps(device: str, small: bool, reps: int) -> list[dict]:
     feats, lens, toks, audio_s = _batch(device, small)
     plans = _plans()
     rows = []
-    for name, plan_name, amp in [
-        ("float32", None, None),
-        ("float, bf16 autocast", None, torch.bfloat16),
-        ("QAT W8A8", "w8a8", None),
-        ("QAT W8A8, bf16 autocast", "w8a8", torch.bfloat16),
-        ("QAT W4A8", "w4a8", None),
-        ("QAT W4A8, bf16 autocast", "w4a8", torch.bfloat16),
+    for name, plan_name, amp, use_fused in [
+        ("float32", None, None, True),
+        ("float, bf16 autocast", None, torch.bfloat16, True),
+        ("QAT W8A8", "w8a8", None, True),
+        ("QAT W8A8, bf16 autocast", "w8a8", torch.bfloat16, True),
+        ("QAT W8A8, bf16 autocast, unfused", "w8a8", torch.bfloat16, False),
+        ("QAT W4A8", "w4a8", None, True),
+        ("QAT W4A8, bf16 autocast", "w4a8", torch.bfloat16, True),
+        ("QAT W4A8, bf16 autocast, unfused", "w4a8", torch.bfloat16, False),
     ]:
         model = _build(cfg, plans.get(plan_name), device)
         model.train()
@@ -385,7 +388,8 @@ def train_steps(device: str, small: bool, reps: int) -> list[dict]:
         )
         _peak_reset(device)
         try:
-            s = _timed(step, device, reps)
+            with _fused_on(use_fused):
+                s = _timed(step, device, reps)
         except Exception as e:  # noqa: BLE001  (reported in the table)
             rows.append({"system": name, "error": f"{type(e).__name__}: {e}"[:300]})
             log(f"train {name}: {rows[-1]['error']}")
@@ -424,12 +428,16 @@ def inference(device: str, small: bool, reps: int) -> list[dict]:
         model = _build(cfg, plans.get(plan_name), device).eval()
         if plan_name is not None:
             model = convert(model)
-        for amp in (None, torch.bfloat16):
+        variants = [(None, True), (torch.bfloat16, True)]
+        if plan_name is not None:
+            variants.append((torch.bfloat16, False))
+        for amp, use_fused in variants:
             label = name + (", bf16 autocast" if amp is not None else "")
-
+            label += "" if use_fused else ", unfused"
             enc = functools.partial(_encode_once, model, feats, lens, device, amp)
             _peak_reset(device)
-            s = _timed(enc, device, reps)
+            with _fused_on(use_fused):
+                s = _timed(enc, device, reps)
             rows.append(
                 {
                     "system": label,
@@ -567,6 +575,62 @@ def recipe(device: str, small: bool, carry: Path, work: Path) -> dict:
     return res
 
 
+def _fused_on(on: bool):
+    """The fused kernels as they are (on where they run), or switched off."""
+    from q4asr.quant import fused
+
+    return contextlib.nullcontext() if on else fused.disabled()
+
+
+# (M, K, N) of the single-layer table: the GPU issue's shapes (LibriSpeech model,
+# 32 x 15 s after subsampling: 12,000 frames; a wider layer at 24,000)
+LAYER_SHAPES = (
+    (12000, 512, 2048),
+    (12000, 2048, 512),
+    (12000, 512, 512),
+    (24000, 768, 3072),
+)
+LAYER_SHAPES_SMALL = ((600, 32, 64), (600, 64, 32))
+
+
+def layers(device: str, small: bool, reps: int) -> list[dict]:
+    """One linear layer, ms per call: bf16 matmul against the integer linear (bf16
+    in, bf16 out, dynamic per-row int8 activations) with int8 and packed int4
+    weights, fused and unfused."""
+    import torch
+    import torch.nn.functional as F
+
+    from q4asr.quant import ops
+    from q4asr.quant.kernels import pack_int4
+    from q4asr.quant.quantizer import quantize_weight
+
+    rows = []
+    g = torch.Generator().manual_seed(0)
+    for M, K, N in LAYER_SHAPES_SMALL if small else LAYER_SHAPES:
+        x = torch.randn(M, K, generator=g).to(device, torch.bfloat16)
+        w = (torch.randn(N, K, generator=g) / K**0.5).to(device)
+        wb = w.to(torch.bfloat16)
+        act = ops.ActQuant(8)
+        weights = {}
+        for bits in (8, 4):
+            q, s = quantize_weight(w, bits, (0,))
+            weights[bits] = ops.QWeight(pack_int4(q) if bits == 4 else q, s, bits, K)
+        row = {"M": M, "K": K, "N": N}
+        row["bf16_ms"] = 1e3 * _timed(functools.partial(F.linear, x, wb), device, 20)
+        for bits, qw in weights.items():
+            for use_fused in (True, False):
+                key = f"w{bits}a8_{'fused' if use_fused else 'unfused'}_ms"
+                with _fused_on(use_fused):
+                    call = functools.partial(ops.linear, x, qw, None, act)
+                    t = _timed(call, device, 20)
+                row[key] = 1e3 * t
+        rows.append(
+            {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
+        )
+        log(f"layer {rows[-1]}")
+    return rows
+
+
 def environment(device: str) -> dict:
     import torch
 
@@ -622,8 +686,12 @@ def measure(args: argparse.Namespace) -> int:
         for k, v in row.items()
         if not k.endswith("_dtype")
     )
+    res["layers"] = layers(device, args.small, reps)
     res["train"] = train_steps(device, args.small, reps)
     res["inference"] = inference(device, args.small, reps)
+    from q4asr.quant import fused
+
+    res["fused"] = fused.status()  # after the runs: off with an error if one failed
     res["measure_s"] = round(time.time() - t, 1)
     if not args.no_recipe:
         with tempfile.TemporaryDirectory() as tmp:
@@ -669,6 +737,42 @@ def markdown(res: dict) -> str:
     ]
     for k, r in res["parity"].items():
         lines.append(f"| {k} | {r['float32']:g} | {r['bf16']:g} ({r['bf16_dtype']}) |")
+    fu = res.get("fused")
+    if fu is not None:
+        state = "on" if fu["enabled"] else "off"
+        why = f" ({fu['error']})" if fu.get("error") else ""
+        lines += [
+            "",
+            f"Fused Triton kernels (`q4asr.quant.fused`): {state}{why}; rows marked "
+            "unfused run the reference path (`torch._int_mm` and separate "
+            "quantize/rescale ops).",
+        ]
+    if res.get("layers"):
+        lines += [
+            "",
+            "One linear layer, bf16 input and output, int8 per-row activations; ms per "
+            "call, median of 20 (x: time / bf16 matmul time):",
+            "",
+            "| M x K x N | bf16 matmul | W8A8 fused | W8A8 unfused | W4A8 fused "
+            "| W4A8 unfused |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in res["layers"]:
+            b = r["bf16_ms"]
+            cells = [
+                f"{r[k]:.3f} ({r[k] / b:.1f}x)"
+                for k in (
+                    "w8a8_fused_ms",
+                    "w8a8_unfused_ms",
+                    "w4a8_fused_ms",
+                    "w4a8_unfused_ms",
+                )
+            ]
+            lines.append(
+                f"| {r['M']} x {r['K']} x {r['N']} | {b:.3f} | "
+                + " | ".join(cells)
+                + " |"
+            )
     batch = "2 x 3 s" if res.get("small") else "32 x 15 s"
     lines += [
         "",
@@ -699,13 +803,22 @@ def markdown(res: dict) -> str:
         "",
         f"Encoder inference, same batch; median of {res['reps']}:",
         "",
-        "| model | encoder s | RTF | peak GiB |",
-        "|---|---|---|---|",
+        "| model | encoder s | RTF | peak GiB | x bf16 float |",
+        "|---|---|---|---|---|",
     ]
+    ref = next(
+        (
+            r["encoder_s"]
+            for r in res["inference"]
+            if r["system"] == "float32, bf16 autocast"
+        ),
+        None,
+    )
     for r in res["inference"]:
+        ratio = f"{r['encoder_s'] / ref:.2f}" if ref else "-"
         lines.append(
             f"| {r['system']} | {r['encoder_s']:.4f} | {r['rtf']:.5f} "
-            f"| {r['peak_gib']} |"
+            f"| {r['peak_gib']} | {ratio} |"
         )
     rec = res.get("recipe")
     if rec:

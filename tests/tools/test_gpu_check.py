@@ -49,12 +49,20 @@ def test_gpu_check_runs_on_cpu(tmp_path):
     assert res["parity_ok"] is True
 
     systems = [r["system"] for r in res["train"]]
-    assert len(systems) == 6 and "QAT W4A8, bf16 autocast" in systems
+    assert len(systems) == 8 and "QAT W4A8, bf16 autocast" in systems
+    assert "QAT W4A8, bf16 autocast, unfused" in systems
     for row in res["train"]:
         assert "error" not in row, row
         assert row["step_s"] > 0 and row["audio_s_per_s"] > 0 and row["loss_finite"]
-    assert len(res["inference"]) == 6
+    assert len(res["inference"]) == 8
     assert all(row["encoder_s"] > 0 for row in res["inference"])
+    assert [(r["M"], r["K"], r["N"]) for r in res["layers"]] == [
+        (600, 32, 64),
+        (600, 64, 32),
+    ]
+    for row in res["layers"]:
+        assert all(row[k] > 0 for k in row if k.endswith("_ms")), row
+    assert res["fused"]["error"] is None
 
     rec = res["recipe"]
     assert rec["rc"] == 0, rec.get("stderr_tail")
@@ -68,6 +76,7 @@ def test_gpu_check_runs_on_cpu(tmp_path):
     md = (out / "gpu.md").read_text()
     assert md.startswith("<!-- gpu_check: begin -->") and "| mixed48 | 0 |" in md
     assert "QAT W4A8, bf16 autocast" in md and "LibriSpeech `run.sh`" in md
+    assert "One linear layer" in md and "| 600 x 32 x 64 |" in md
 
 
 def test_markdown_section_is_replaced_in_place(tmp_path):
