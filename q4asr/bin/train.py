@@ -87,7 +87,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--init-from",
         default=None,
-        help="float checkpoint to start from (sets quant.init_from)",
+        help="float checkpoint to start from (sets train.init_from)",
     )
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--num-epochs", type=int, default=None)
@@ -113,7 +113,7 @@ def build_config(args: argparse.Namespace) -> Config:
     overrides = list(args.overrides)
     for flag, key in [
         ("plan", "quant.plan"),
-        ("init_from", "quant.init_from"),
+        ("init_from", "train.init_from"),
         ("max_steps", "train.max_steps"),
         ("num_epochs", "train.num_epochs"),
         ("seed", "train.seed"),
@@ -324,10 +324,7 @@ def build_model(cfg: Config, tokenizer: Tokenizer) -> tuple[torch.nn.Module, dic
             f"model.vocab_size: {model_dict['vocab_size']} but the "
             f"BPE model has {tokenizer.vocab_size} pieces"
         )
-    try:
-        mcfg = ModelConfig.from_dict(model_dict)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"model: {e}") from e
+    mcfg = ModelConfig.from_dict(model_dict)
     return build_transducer(mcfg), mcfg.to_dict()
 
 
@@ -414,7 +411,7 @@ class Run:
 
 
 def setup(args: argparse.Namespace) -> Run:
-    """Config, device, process group, model (initialised from ``quant.init_from``
+    """Config, device, process group, model (initialised from ``train.init_from``
     when there is no checkpoint to resume from, then prepared for QAT), optimizer,
     schedule and data loaders."""
     cfg = build_config(args)
@@ -443,10 +440,9 @@ def setup(args: argparse.Namespace) -> Run:
     # Every rank builds the same initial model; dropout and SpecAugment then draw
     # from a per-rank stream.
     seed_all(tc.seed + d.rank)
-    init_from = cfg.quant.init_from
-    if init_from and find_latest(exp_dir) is None:
-        model.load_state_dict(model_state_from(init_from))
-        log.info("initialised the model from %s", init_from)
+    if tc.init_from and find_latest(exp_dir) is None:
+        model.load_state_dict(model_state_from(tc.init_from))
+        log.info("initialised the model from %s", tc.init_from)
     if plan is not None:
         model = prepare(model, plan)
         log.info("prepared for QAT with plan %s", cfg.quant.plan)
@@ -533,8 +529,8 @@ def resume(run: Run) -> None:
         run.epoch,
         run.batches_done,
     )
-    if run.cfg.quant.init_from:
-        log.info("resuming: quant.init_from is not used")
+    if run.tc.init_from:
+        log.info("resuming: train.init_from is not used")
 
 
 # ------------------------------------------------------------------ one step
