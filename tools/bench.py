@@ -1051,11 +1051,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         if args.json:
             atomic_write(args.json, lambda tmp: Path(tmp).write_text(text + "\n"))
         if args.markdown:  # its own section of the file; the rest is kept
-            md = bench_train.update_markdown(
-                args.markdown.read_text() if args.markdown.is_file() else "",
-                bench_train.render_markdown(result),
+            update_marked(
+                args.markdown, bench_train.marked_markdown(result), bench_train.MARK
             )
-            atomic_write(args.markdown, lambda tmp: Path(tmp).write_text(md))
         return result
     small = args.small
     for name, full, sm in (

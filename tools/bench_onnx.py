@@ -31,7 +31,6 @@ import copy
 import json
 import logging
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -41,6 +40,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from q4asr.utils import update_marked
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "egs" / "synth" / "ASR"
@@ -387,16 +388,6 @@ def render(r: dict[str, Any]) -> str:
     return "\n".join(L) + "\n"
 
 
-def splice(markdown: Path, section: str) -> None:
-    """Replace the section between the markers in ``markdown`` (or append it)."""
-    text = markdown.read_text() if markdown.is_file() else ""
-    pat = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END) + "\n?", re.S)
-    text = (
-        pat.sub(section, text) if pat.search(text) else text.rstrip() + "\n\n" + section
-    )
-    markdown.write_text(text)
-
-
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument(
         "--onnx-utts",
@@ -447,7 +438,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json:
         args.json.write_text(text + "\n")
     if args.markdown:
-        splice(args.markdown, render(r))
+        update_marked(args.markdown, render(r), (BEGIN, END))
     return r
 
 
