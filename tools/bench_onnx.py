@@ -90,8 +90,8 @@ def synthetic_setup(cfg: dict, work: Path, n_utts: int, seed: int = 0):
     Returns (AsrModel float, {plan system: AsrModel}, [(id, samples, text)])."""
     import soundfile as sf
 
-    from q4asr.data.synth import UttPlan, synth_chunk
-    from q4asr.data.text import TextConfig, load_sentences
+    from q4asr.corpora.synth import UttPlan, synth_chunk
+    from q4asr.corpora.text import TextConfig, load_sentences
     from q4asr.data.tokenizer import Tokenizer, train_bpe
     from q4asr.model import ModelConfig, build_model
     from q4asr.modelfile import AsrModel

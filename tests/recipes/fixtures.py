@@ -1,8 +1,8 @@
 """Tiny corpora laid out exactly like the real ones, with speech synthesised offline.
 
 Each generator writes the corpus's own directory layout and metadata files, with
-utterances spoken by espeak-ng through :func:`q4asr.data.synth.synth_chunk` (WordNet
-sentences from :mod:`q4asr.data.text`). Nothing is downloaded and no audio is committed.
+utterances spoken by espeak-ng through :func:`q4asr.corpora.synth.synth_chunk` (WordNet
+sentences from :mod:`q4asr.corpora.text`). Nothing is downloaded and no audio is committed.
 
 - :func:`make_librispeech`: ``LibriSpeech/<part>/<spk>/<chapter>/<spk>-<chapter>-<utt>.flac``
   and ``<spk>-<chapter>.trans.txt``.
@@ -24,9 +24,9 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from q4asr.corpora.synth import UttPlan, synth_chunk
+from q4asr.corpora.text import TextConfig, load_sentences
 from q4asr.data.kaldi import resample
-from q4asr.data.synth import UttPlan, synth_chunk
-from q4asr.data.text import TextConfig, load_sentences
 
 VOICES = ("en-us+m1", "en-us+f2", "en+m3", "en-gb-x-rp+f3", "en-us+klatt")
 

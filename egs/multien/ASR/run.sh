@@ -16,7 +16,7 @@
 #   any other option of egs/TEMPLATE/ASR/asr.sh (--max-steps, --systems...) is passed on
 # Stages: 0 download LibriSpeech if missing; check the other corpora
 #         1 LibriSpeech manifests (lhotse prepare librispeech)
-#         2 GigaSpeech manifests (python -m q4asr.data.multien gigaspeech)
+#         2 GigaSpeech manifests (python -m q4asr.corpora.multien gigaspeech)
 #         3 Common Voice manifests (lhotse prepare commonvoice -l en)
 #         4 one prefix, one transcript style: DATA/manifests/multien_*_<corpus>-<part>
 #         10-16 the template's (egs/TEMPLATE/ASR/asr.sh), the training parts muxed.
@@ -94,7 +94,7 @@ fi
 if run_stage 2 "GigaSpeech manifests: $gs_parts"; then
   need_dir "$gs_dir" "--gs-dir (GigaSpeech)"
   done_or_run "$manifests/.gigaspeech.done" \
-    python -m q4asr.data.multien gigaspeech "$gs_dir" "$manifests" --parts $gs_parts
+    python -m q4asr.corpora.multien gigaspeech "$gs_dir" "$manifests" --parts $gs_parts
   end_stage
 fi
 
@@ -109,7 +109,7 @@ fi
 
 if run_stage 4 "normalise transcripts into multien_* manifests"; then
   done_or_run "$manifests/.multien.done" \
-    python -m q4asr.data.multien combine --manifests "$manifests" --out-dir "$manifests" \
+    python -m q4asr.corpora.multien combine --manifests "$manifests" --out-dir "$manifests" \
       --prefix multien "${specs[@]}"
   end_stage
 fi

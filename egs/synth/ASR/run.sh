@@ -58,7 +58,7 @@ fi
 
 if run_stage 0 "synthesize the corpus: $num_train/$num_dev/$num_test utterances"; then
   done_or_run "$data_dir/manifests/.synth.done" \
-    python -m q4asr.data.synth --out-dir "$data_dir" --num-train "$num_train" \
+    python -m q4asr.corpora.synth --out-dir "$data_dir" --num-train "$num_train" \
       --num-dev "$num_dev" --num-test "$num_test" --vocab-size "$vocab_size" \
       --seed "$seed" --nj "$nj"
   end_stage

@@ -7,14 +7,14 @@ from dataclasses import replace
 import pytest
 from lhotse import load_manifest
 
-from q4asr.data.synth import (
+from q4asr.corpora.synth import (
     SPLITS,
     SynthConfig,
     make_plan,
     synth_chunk,
     synthesize_corpus,
 )
-from q4asr.data.text import TextConfig, load_sentences
+from q4asr.corpora.text import TextConfig, load_sentences
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_tts_failure_is_logged_and_skipped(sentences, tmp_path, caplog, monkeypa
     res = synth_chunk([bad, good])
     assert res[0][1] is None and "festival" in res[0][2]
     assert res[1][1] is not None and res[1][1].duration > 0.3
-    from q4asr.data import synth as synth_mod
+    from q4asr.corpora import synth as synth_mod
 
     def with_bad(config, out_dir, sents=None):
         plan = make_plan(config, out_dir, sents)

@@ -1,6 +1,6 @@
 """A synthetic English speech corpus made offline with Debian's speech synthesisers.
 
-Sentences come from :mod:`q4asr.data.text` (WordNet examples, vocabulary-capped) and
+Sentences come from :mod:`q4asr.corpora.text` (WordNet examples, vocabulary-capped) and
 are split by *sentence*: no test sentence is in train or dev, no dev sentence in
 train. Each utterance is spoken by one voice of espeak-ng, flite or festival with a
 speaker-level speed/pitch variation plus a small per-utterance jitter, then
@@ -18,7 +18,7 @@ Speakers: a speaker is a voice plus one of ``NUM_VARIATIONS`` variations
 
 Usage::
 
-    python -m q4asr.data.synth --out-dir data/synth --num-train 12000 \\
+    python -m q4asr.corpora.synth --out-dir data/synth --num-train 12000 \\
         --num-dev 300 --num-test 300 --seed 1 --nj 2 [--vocab-size 3000]
 
 Outputs ``OUT/wav/<split>/<utt>.flac`` and
@@ -53,7 +53,7 @@ from lhotse import (
 )
 from tqdm import tqdm
 
-from q4asr.data.text import TextConfig, load_sentences
+from q4asr.corpora.text import TextConfig, load_sentences
 from q4asr.utils import setup_logging
 
 log = logging.getLogger(__name__)
@@ -222,7 +222,7 @@ def make_plan(
 ) -> dict[str, list[UttPlan]]:
     """The utterances of every split; a pure function of ``config`` and ``sentences``.
 
-    ``sentences`` defaults to :func:`q4asr.data.text.load_sentences`. Test sentences
+    ``sentences`` defaults to :func:`q4asr.corpora.text.load_sentences`. Test sentences
     are the first ``num_test`` of the shuffled list, dev the next ``num_dev``, train
     cycles through the rest (reshuffled each pass) when it needs more utterances
     than sentences.
