@@ -90,7 +90,7 @@ def synthetic_setup(cfg: dict, work: Path, n_utts: int, seed: int = 0):
     Returns (AsrModel float, {plan system: AsrModel}, [(id, samples, text)])."""
     import soundfile as sf
 
-    from q4asr.corpora.synth import UttPlan, synth_chunk
+    from q4asr.corpora.synth import UttSpec, synth_chunk
     from q4asr.corpora.text import TextConfig, load_sentences
     from q4asr.data.tokenizer import Tokenizer, train_bpe
     from q4asr.model import ModelConfig, build_model
@@ -114,8 +114,8 @@ def synthetic_setup(cfg: dict, work: Path, n_utts: int, seed: int = 0):
         int_models[name] = AsrModel(
             m.eval(), tok, base.feature_config, {"method": "ptq"}, work
         )
-    plans = [
-        UttPlan(
+    specs = [
+        UttSpec(
             utt_id=f"bench-{i}",
             split="bench",
             text=t,
@@ -130,12 +130,12 @@ def synthetic_setup(cfg: dict, work: Path, n_utts: int, seed: int = 0):
         for i, t in enumerate(sents[:n_utts])
     ]
     audio = []
-    for plan, rec, err in synth_chunk(plans):
+    for spec, rec, err in synth_chunk(specs):
         if rec is None:
-            raise SystemExit(f"error: espeak-ng synthesis of {plan.utt_id}: {err}")
-        x, sr = sf.read(plan.path, dtype="float32")
+            raise SystemExit(f"error: espeak-ng synthesis of {spec.utt_id}: {err}")
+        x, sr = sf.read(spec.path, dtype="float32")
         assert sr == 16000, sr
-        audio.append((plan.utt_id, x, plan.text))
+        audio.append((spec.utt_id, x, spec.text))
     return base, int_models, audio
 
 
@@ -143,7 +143,7 @@ def recipe_setup(exp: Path, manifests: Path, part: str, n_utts: int):
     """The recipe's trained model files and ``n_utts`` utterances of its test part."""
     from lhotse import load_manifest
 
-    from q4asr.data.kaldi import load_audio
+    from q4asr.data.audio import load_audio
     from q4asr.modelfile import load_asr_model
 
     def model(system: str):
