@@ -41,6 +41,7 @@ from q4asr.validation import (
     ConfigError,
     check_bool,
     check_choice,
+    check_fraction,
     check_integer,
     check_keys,
     check_positive,
@@ -72,33 +73,16 @@ class SpecAugmentConfig:
     def __post_init__(self) -> None:
         w = "train.spec_augment"
         check_bool(self, w, "enabled")
-        check_integer(
-            self,
-            w,
+        counts = (
             "time_warp_factor",
             "num_feature_masks",
             "features_mask_size",
             "num_frame_masks",
             "frames_mask_size",
         )
-        check_positive(
-            self,
-            w,
-            "time_warp_factor",
-            "num_feature_masks",
-            "features_mask_size",
-            "num_frame_masks",
-            "frames_mask_size",
-            "max_frames_mask_fraction",
-            "p",
-            allow_zero=True,
-        )
-        require(self.p <= 1.0, f"{w}.p", f"must be in [0, 1], got {self.p!r}")
-        require(
-            self.max_frames_mask_fraction <= 1.0,
-            f"{w}.max_frames_mask_fraction",
-            f"must be in [0, 1], got {self.max_frames_mask_fraction!r}",
-        )
+        check_integer(self, w, *counts)
+        check_positive(self, w, *counts, allow_zero=True)
+        check_fraction(self, w, "max_frames_mask_fraction", "p")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SpecAugmentConfig:

@@ -72,6 +72,14 @@ def check_positive(
             raise ConfigError(f"{where}.{name}: must be {bound}, got {v!r}")
 
 
+def check_fraction(obj: Any, where: str, *names: str) -> None:
+    """Each field in ``names`` is a number in [0, 1]."""
+    check_positive(obj, where, *names, allow_zero=True, optional=False)
+    for name in names:
+        v = getattr(obj, name)
+        require(v <= 1, f"{where}.{name}", f"must be in [0, 1], got {v!r}")
+
+
 def check_bool(obj: Any, where: str, *names: str) -> None:
     """Each field in ``names`` is true or false."""
     for name in names:

@@ -6,7 +6,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from q4asr.validation import check_integer, check_keys, check_positive, require
+from q4asr.validation import (
+    check_fraction,
+    check_integer,
+    check_keys,
+    check_positive,
+    require,
+)
 
 
 @dataclass
@@ -112,11 +118,7 @@ class ModelConfig:
             f"{w}.prune_range",
             f"must be >= 2, got {self.prune_range}",
         )
-        require(
-            self.simple_loss_scale <= 1.0,
-            f"{w}.simple_loss_scale",
-            f"must be in [0, 1], got {self.simple_loss_scale}",
-        )
+        check_fraction(self, w, "simple_loss_scale")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
