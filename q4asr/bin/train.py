@@ -58,6 +58,7 @@ from q4asr.checkpoint import (
 from q4asr.config import Config, ConfigError, TrainConfig, amp_dtype, load_config
 from q4asr.data.datamodule import (
     DataSpec,
+    Loader,
     SpecAugmenter,
     make_loader,
     restore_sampler,
@@ -358,8 +359,8 @@ class Run:
     model_config: dict[str, Any]
     optimizer: torch.optim.Optimizer
     scheduler: LRSchedule
-    train_data: Any  # q4asr.data.datamodule.Loader
-    valid_loader: Any | None
+    train_data: Loader
+    valid_loader: torch.utils.data.DataLoader | None
     augment: SpecAugmenter | None
     step: int = 0
     epoch: int = 0
