@@ -582,6 +582,48 @@ def train_step(
     return out, grad_norm
 
 
+def take_step(
+    run: Run, ddp_model: torch.nn.Module, batch: dict[str, Any]
+) -> tuple[Metrics, float] | None:
+    """One training step on one batch of the loader: SpecAugment, the quantization
+    mode of this step, :func:`train_step`, the LR schedule. Returns the batch's
+    metrics summed over ranks and the gradient norm, or None when the batch is empty
+    on some rank (then no rank takes the step)."""
+    run.batches_done += 1
+    run.skipped.update(batch["skipped"])
+    feats, lens, tokens = batch["features"], batch["feature_lens"], batch["tokens"]
+    n = feats.shape[0]
+    if run.d.enabled:  # every rank must take the step, or none
+        n_min = torch.tensor([n], device=run.device)
+        dist.all_reduce(n_min, op=dist.ReduceOp.MIN)
+        if int(n_min) == 0:
+            return None
+    elif n == 0:
+        return None
+    if run.augment is not None:
+        feats = run.augment(feats, lens)
+    run.set_quant()
+    out, grad_norm = train_step(
+        ddp_model,
+        (feats.to(run.device), lens.to(run.device), tokens),
+        run.optimizer,
+        run.scaler,
+        run.amp,
+        run.tc.grad_clip,
+        run.warmup(),
+    )
+    if not run.scaler.is_enabled() and not math.isfinite(grad_norm):
+        log.warning(
+            "step %d: non-finite gradient norm, update skipped (cuts %s)",
+            run.step,
+            ",".join(batch["cut_ids"][:5]),
+        )
+    run.scheduler.step()
+    run.step += 1
+    m = Metrics.of_batch(out, float(lens.sum()), batch["duration"], float(n))
+    return m.all_reduce(run.d, run.device), grad_norm
+
+
 # ------------------------------------------------------------------ validation
 
 
@@ -724,45 +766,10 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
     while not run.finished():
         sampler.set_epoch(run.epoch)
         for batch in run.train_data.loader:
-            run.batches_done += 1
-            run.skipped.update(batch["skipped"])
-            feats, lens, tokens = (
-                batch["features"],
-                batch["feature_lens"],
-                batch["tokens"],
-            )
-            n = feats.shape[0]
-            if d.enabled:  # every rank must take the step, or none
-                n_min = torch.tensor([n], device=run.device)
-                dist.all_reduce(n_min, op=dist.ReduceOp.MIN)
-                if int(n_min) == 0:
-                    continue
-            elif n == 0:
+            taken = take_step(run, ddp_model, batch)
+            if taken is None:
                 continue
-            if run.augment is not None:
-                feats = run.augment(feats, lens)
-            run.set_quant()
-            out, grad_norm = train_step(
-                ddp_model,
-                (feats.to(run.device), lens.to(run.device), tokens),
-                run.optimizer,
-                run.scaler,
-                run.amp,
-                tc.grad_clip,
-                run.warmup(),
-            )
-            if not run.scaler.is_enabled() and not math.isfinite(grad_norm):
-                log.warning(
-                    "step %d: non-finite gradient norm, update skipped (cuts %s)",
-                    run.step,
-                    ",".join(batch["cut_ids"][:5]),
-                )
-            run.scheduler.step()
-            run.step += 1
-
-            m = Metrics.of_batch(
-                out, float(lens.sum()), batch["duration"], float(n)
-            ).all_reduce(d, run.device)
+            m, grad_norm = taken
             interval += m
             run.totals["audio_seconds"] += m.audio
             run.totals["frames"] += m.in_frames
