@@ -1,10 +1,13 @@
 """Training checkpoints: save atomically, load safely, find the latest, average.
 
 A checkpoint is a ``torch.save`` of plain containers, tensors and strings, so it
-is read with ``torch.load(weights_only=True)`` (no pickled code). Training
-checkpoints are ``<exp_dir>/checkpoint-<step>.pt``; keys written by
-``q4asr.bin.train``: ``model``, ``optimizer``, ``scheduler``, ``sampler``, ``rng``,
-``step``, ``epoch``, ``config``, ``plan``, ``env``.
+is read with ``torch.load(weights_only=True)`` (no pickled code). Every checkpoint
+(training ``<exp_dir>/checkpoint-<step>.pt``, ``final.pt``, averaged) starts from the
+same record, :func:`model_record`: ``model``, ``config``, ``model_config``, ``plan``,
+``bpe_model``, ``step``, ``env``. Training checkpoints add the state to resume from
+(``optimizer``, ``scheduler``, ``grad_scaler``, ``sampler``, ``rng``, ``epoch``,
+``totals``, ``skipped``, ``world_size``). Checkpoints written before the record had an
+extra ``plan_path`` key (the plan file's path, also in ``config``); it is ignored.
 """
 
 from __future__ import annotations
@@ -96,6 +99,34 @@ def remove_old_checkpoints(exp_dir: str | Path, keep_last: int) -> list[Path]:
     return old
 
 
+RECORD_KEYS = ("config", "model_config", "plan", "bpe_model", "step", "env")
+
+
+def model_record(
+    model: dict[str, torch.Tensor],
+    config: dict[str, Any] | None,
+    model_config: dict[str, Any] | None,
+    plan: dict[str, Any] | None,
+    bpe_model: str | None,
+    step: int | None,
+    env: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What every checkpoint holds: the model state, the training config (as plain
+    data; its ``quant.plan`` is only the path the run was given), the model config
+    with the vocabulary size filled in, the precision plan itself
+    (``PrecisionPlan.from_dict(record["plan"])``; None for float), the BPE model's
+    path, the step and the environment (this machine's unless ``env`` is given)."""
+    return {
+        "model": model,
+        "config": config,
+        "model_config": model_config,
+        "plan": plan,
+        "bpe_model": None if bpe_model is None else str(bpe_model),
+        "step": step,
+        "env": env_info() if env is None else env,
+    }
+
+
 def average_states(
     states: Sequence[dict[str, torch.Tensor]],
 ) -> dict[str, torch.Tensor]:
@@ -135,10 +166,11 @@ def average_states(
 
 
 def average_checkpoints(paths: Sequence[str | Path]) -> dict[str, Any]:
-    """Average the ``model`` states of ``paths``; other keys come from the last one.
+    """Average the ``model`` states of ``paths``; the rest of the record
+    (:data:`RECORD_KEYS`) comes from the last one.
 
-    Returns a final-model dict (``model``, ``config``, ``plan``, ``averaged_from``)
-    in the same format as ``exp_dir/final.pt``.
+    Returns a :func:`model_record`, as in ``exp_dir/final.pt``, plus
+    ``averaged_from`` (the files averaged).
     """
     if not paths:
         raise ValueError("average_checkpoints: no checkpoints given")
@@ -147,15 +179,12 @@ def average_checkpoints(paths: Sequence[str | Path]) -> dict[str, Any]:
         if "model" not in c:
             raise ValueError(f"{p}: no 'model' entry in the checkpoint")
     last = ckpts[-1]
-    return {
-        "model": average_states([c["model"] for c in ckpts]),
-        "config": last.get("config"),
-        "model_config": last.get("model_config"),
-        "plan": last.get("plan"),
-        "step": last.get("step"),
-        "env": last.get("env"),
-        "averaged_from": [str(p) for p in paths],
-    }
+    record = model_record(
+        average_states([c["model"] for c in ckpts]),
+        **{k: last.get(k) for k in RECORD_KEYS},
+    )
+    record["averaged_from"] = [str(p) for p in paths]
+    return record
 
 
 # --------------------------------------------------------------------------- RNG

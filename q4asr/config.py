@@ -11,20 +11,25 @@ Example::
       lr: 3.0e-3
       lr_schedule: warmup_cosine
       amp: auto                    # bf16 on a CUDA GPU, float32 on a CPU
+      init_from: null              # a float checkpoint to fine-tune from
       spec_augment: {enabled: true, num_frame_masks: 5}
     quant:
       plan: conf/plan_int4.yaml     # null -> float training
-      init_from: null               # a float checkpoint to fine-tune from
       quant_start_step: 0
 
-Every section is a dataclass validated in ``__post_init__``; an unknown key is an
-error naming the key and the allowed ones. Single fields are overridden from the
-command line with ``section.field=value`` (``train.spec_augment.enabled=false``).
+Every section is a dataclass validated in ``__post_init__`` by the helpers of
+:mod:`q4asr.validation` (errors are :class:`ConfigError`); an unknown key is an error
+naming the key and the allowed ones. Single fields are overridden from the command
+line with ``section.field=value`` (``train.spec_augment.enabled=false``).
+
+``quant.init_from`` (where ``init_from`` was filed before) is still read: it moves to
+``train.init_from`` with a deprecation warning.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,50 +37,24 @@ from typing import Any
 import torch
 import yaml
 
+from q4asr.validation import (
+    ConfigError,
+    check_bool,
+    check_choice,
+    check_fraction,
+    check_integer,
+    check_keys,
+    check_positive,
+    require,
+)
+
+__all__ = ["AMP_MODES", "LR_SCHEDULES", "Config", "ConfigError", "QuantConfig"]
+__all__ += ["SpecAugmentConfig", "TrainConfig", "amp_dtype", "load_config"]
+
+log = logging.getLogger(__name__)
+
 LR_SCHEDULES = ("warmup_cosine", "noam", "constant", "eden")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
-
-
-class ConfigError(ValueError):
-    """A training config that cannot be used; the message names the field."""
-
-
-def _check_keys(cls: type, d: dict[str, Any], where: str) -> None:
-    if not isinstance(d, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    for key in d:
-        if key not in allowed:
-            raise ConfigError(
-                f"{where}: unknown key '{key}' (allowed: {', '.join(allowed)})"
-            )
-
-
-def _positive(obj: Any, where: str, *names: str, allow_zero: bool = False) -> None:
-    for name in names:
-        v = getattr(obj, name)
-        if isinstance(v, str):  # YAML 1.1 reads ``3e-3`` (no dot) as a string
-            try:
-                v = float(v)
-            except ValueError:
-                raise ConfigError(
-                    f"{where}.{name}: expected a number, got {v!r}"
-                ) from None
-            setattr(obj, name, v)
-        if v is None:
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ConfigError(f"{where}.{name}: expected a number, got {v!r}")
-        if v < 0 or (v == 0 and not allow_zero):
-            bound = ">= 0" if allow_zero else "> 0"
-            raise ConfigError(f"{where}.{name}: must be {bound}, got {v!r}")
-
-
-def _integer(obj: Any, where: str, *names: str) -> None:
-    for name in names:
-        v = getattr(obj, name)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
-            raise ConfigError(f"{where}.{name}: expected an integer, got {v!r}")
 
 
 @dataclass
@@ -93,40 +72,21 @@ class SpecAugmentConfig:
 
     def __post_init__(self) -> None:
         w = "train.spec_augment"
-        if not isinstance(self.enabled, bool):
-            raise ConfigError(f"{w}.enabled: expected true/false, got {self.enabled!r}")
-        _integer(
-            self,
-            w,
+        check_bool(self, w, "enabled")
+        counts = (
             "time_warp_factor",
             "num_feature_masks",
             "features_mask_size",
             "num_frame_masks",
             "frames_mask_size",
         )
-        _positive(
-            self,
-            w,
-            "time_warp_factor",
-            "num_feature_masks",
-            "features_mask_size",
-            "num_frame_masks",
-            "frames_mask_size",
-            "max_frames_mask_fraction",
-            "p",
-            allow_zero=True,
-        )
-        if not 0.0 <= self.p <= 1.0:
-            raise ConfigError(f"{w}.p: must be in [0, 1], got {self.p!r}")
-        if not 0.0 <= self.max_frames_mask_fraction <= 1.0:
-            raise ConfigError(
-                f"{w}.max_frames_mask_fraction: must be in [0, 1], "
-                f"got {self.max_frames_mask_fraction!r}"
-            )
+        check_integer(self, w, *counts)
+        check_positive(self, w, *counts, allow_zero=True)
+        check_fraction(self, w, "max_frames_mask_fraction", "p")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SpecAugmentConfig:
-        _check_keys(cls, d, "train.spec_augment")
+        check_keys(cls, d, "train.spec_augment")
         return cls(**d)
 
     def kwargs(self) -> dict[str, Any]:
@@ -156,6 +116,10 @@ class TrainConfig:
     a loop of small ops per tensor: on a 2-core CPU ~5% of a demo training step).
     ``eden`` (icefall's Eden factor, over steps): warm-up, then
     ``lr * ((step^2 + lr_decay_steps^2) / lr_decay_steps^2) ** -0.25``.
+
+    ``init_from`` is a float checkpoint whose model weights start the run (when
+    there is no checkpoint to resume from): QAT fine-tuning of a float model, or
+    float fine-tuning.
     """
 
     seed: int = 42
@@ -183,6 +147,7 @@ class TrainConfig:
     keep_last_checkpoints: int = 5
     num_threads: int | None = None
     amp: str = "auto"
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         w = "train"
@@ -192,7 +157,7 @@ class TrainConfig:
             raise ConfigError(
                 f"{w}.spec_augment: expected a mapping, got {self.spec_augment!r}"
             )
-        _integer(
+        check_integer(
             self,
             w,
             "seed",
@@ -209,7 +174,7 @@ class TrainConfig:
             "keep_last_checkpoints",
             "num_threads",
         )
-        _positive(
+        check_positive(
             self,
             w,
             "max_steps",
@@ -227,7 +192,7 @@ class TrainConfig:
             "num_threads",
             "grad_clip",
         )
-        _positive(
+        check_positive(
             self,
             w,
             "warmup_steps",
@@ -236,47 +201,43 @@ class TrainConfig:
             "final_lr_ratio",
             allow_zero=True,
         )
-        if self.max_steps is None and self.num_epochs is None:
-            raise ConfigError(f"{w}: set max_steps or num_epochs (or both)")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(
-                f"{w}.lr_schedule: {self.lr_schedule!r} is not one of "
-                f"{', '.join(LR_SCHEDULES)}"
-            )
-        if self.amp not in AMP_MODES:
-            raise ConfigError(
-                f"{w}.amp: {self.amp!r} is not one of {', '.join(AMP_MODES)}"
-            )
-        if self.lr_schedule == "warmup_cosine" and self.max_steps is None:
-            raise ConfigError(
-                f"{w}.lr_schedule: warmup_cosine decays to max_steps; "
-                "set train.max_steps or use noam/constant"
-            )
-        if self.lr_schedule == "noam" and self.warmup_steps == 0:
-            raise ConfigError(f"{w}.warmup_steps: noam needs warmup_steps > 0")
-        if self.final_lr_ratio > 1:
-            raise ConfigError(
-                f"{w}.final_lr_ratio: must be <= 1, got {self.final_lr_ratio!r}"
-            )
+        require(
+            self.max_steps is not None or self.num_epochs is not None,
+            w,
+            "set max_steps or num_epochs (or both)",
+        )
+        check_choice(self, w, "lr_schedule", LR_SCHEDULES)
+        check_choice(self, w, "amp", AMP_MODES)
+        require(
+            self.lr_schedule != "warmup_cosine" or self.max_steps is not None,
+            f"{w}.lr_schedule",
+            "warmup_cosine decays to max_steps; set train.max_steps or use noam/constant",
+        )
+        require(
+            self.lr_schedule != "noam" or self.warmup_steps != 0,
+            f"{w}.warmup_steps",
+            "noam needs warmup_steps > 0",
+        )
+        require(
+            self.final_lr_ratio <= 1,
+            f"{w}.final_lr_ratio",
+            f"must be <= 1, got {self.final_lr_ratio!r}",
+        )
         betas = self.adam_betas
-        if (
-            not isinstance(betas, (list, tuple))
-            or len(betas) != 2
-            or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)
-        ):
-            raise ConfigError(
-                f"{w}.adam_betas: expected two numbers in [0, 1), got {betas!r}"
-            )
+        require(
+            isinstance(betas, (list, tuple))
+            and len(betas) == 2
+            and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas),
+            f"{w}.adam_betas",
+            f"expected two numbers in [0, 1), got {betas!r}",
+        )
         self.adam_betas = [float(b) for b in betas]
-        if not isinstance(self.adam_fused, bool):
-            raise ConfigError(
-                f"{w}.adam_fused: expected true/false, got {self.adam_fused!r}"
-            )
-        if not isinstance(self.on_the_fly_features, bool):
-            raise ConfigError(
-                f"{w}.on_the_fly_features: expected true/false, "
-                f"got {self.on_the_fly_features!r}"
-            )
+        check_bool(self, w, "adam_fused", "on_the_fly_features")
+        require(
+            self.init_from is None or isinstance(self.init_from, str),
+            f"{w}.init_from",
+            f"expected a path or null, got {self.init_from!r}",
+        )
         for name in (
             "max_duration",
             "lr",
@@ -288,7 +249,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        _check_keys(cls, d, "train")
+        check_keys(cls, d, "train")
         return cls(**d)
 
 
@@ -296,28 +257,51 @@ class TrainConfig:
 class QuantConfig:
     """Quantization-aware training: a precision plan file, or null for float.
 
-    ``init_from`` is a float checkpoint whose model weights start the run;
     ``quant_start_step`` delays switching quantization on (0: from the first step).
     """
 
     plan: str | None = None
-    init_from: str | None = None
     quant_start_step: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("plan", "init_from"):
-            v = getattr(self, name)
-            if v is not None and not isinstance(v, str):
-                raise ConfigError(f"quant.{name}: expected a path or null, got {v!r}")
-        _integer(self, "quant", "quant_start_step")
-        _positive(self, "quant", "quant_start_step", allow_zero=True)
-        if self.quant_start_step and self.plan is None:
-            raise ConfigError("quant.quant_start_step: set only with quant.plan")
+        require(
+            self.plan is None or isinstance(self.plan, str),
+            "quant.plan",
+            f"expected a path or null, got {self.plan!r}",
+        )
+        check_integer(self, "quant", "quant_start_step")
+        check_positive(self, "quant", "quant_start_step", allow_zero=True)
+        require(
+            not self.quant_start_step or self.plan is not None,
+            "quant.quant_start_step",
+            "set only with quant.plan",
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> QuantConfig:
-        _check_keys(cls, d, "quant")
+        check_keys(cls, d, "quant")
         return cls(**d)
+
+
+def _moved_init_from(train: Any, quant: Any) -> tuple[Any, Any]:
+    """``train`` and ``quant`` sections with an old ``quant.init_from`` moved to
+    ``train.init_from`` (a warning says so; null is dropped silently)."""
+    if not isinstance(quant, dict) or "init_from" not in quant:
+        return train, quant
+    quant = dict(quant)
+    old = quant.pop("init_from")
+    if old is None:
+        return train, quant
+    train = dict(train) if isinstance(train, dict) else train
+    if isinstance(train, dict):
+        if train.get("init_from") not in (None, old):
+            raise ConfigError(
+                f"quant.init_from: {old!r} and train.init_from: "
+                f"{train['init_from']!r}; keep only train.init_from"
+            )
+        train["init_from"] = old
+    log.warning("quant.init_from is deprecated: it is now train.init_from")
+    return train, quant
 
 
 @dataclass
@@ -345,12 +329,9 @@ class Config:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
         d = dict(d or {})
-        _check_keys(cls, d, "config")
-        return cls(
-            model=d.get("model") or {},
-            train=d.get("train") or {},
-            quant=d.get("quant") or {},
-        )
+        check_keys(cls, d, "config")
+        train, quant = _moved_init_from(d.get("train") or {}, d.get("quant") or {})
+        return cls(model=d.get("model") or {}, train=train, quant=quant)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain containers only (safe for ``torch.load(weights_only=True)``)."""
@@ -403,8 +384,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 def amp_dtype(mode: str, device_type: str) -> torch.dtype | None:
     """The autocast dtype of ``train.amp`` on a device type, or None for float32."""
-    if mode not in AMP_MODES:
-        raise ConfigError(f"train.amp: {mode!r} is not one of {', '.join(AMP_MODES)}")
+    require(
+        mode in AMP_MODES,
+        "train.amp",
+        f"{mode!r} is not one of {', '.join(AMP_MODES)}",
+    )
     if mode == "auto":
         mode = "bf16" if device_type == "cuda" else "off"
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[mode]

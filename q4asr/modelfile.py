@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -169,6 +170,11 @@ def load_asr_model(path: str | Path, bpe_model: str | Path | None = None) -> Asr
         tokenizer = Tokenizer(extra["bpe_model"].numpy().tobytes())
         feats = json.loads(meta.get("feature_config", "{}")) or feature_config()
         return AsrModel(model.eval(), tokenizer, feats, meta, path)
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise ValueError(
+            f"{path}: neither a model file (.safetensors, from q4asr-export) nor a "
+            "training checkpoint (.pt)"
+        )
     if bpe_model is None:
         raise ValueError(f"{path}: a training checkpoint needs --bpe-model")
     model, ckpt, _ = model_from_checkpoint(path)

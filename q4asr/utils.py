@@ -93,13 +93,14 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
 
 def update_marked(path: str | Path, text: str, mark: tuple[str, str]) -> Path:
     """Replace the section of ``path`` from ``mark[0]`` to ``mark[1]`` (and the line
-    end after it) by ``text``, which carries the marks itself; append it when the
-    file has no such section. Written atomically."""
+    end after it) by ``text``, which carries the marks itself; append it after a
+    blank line when the file has no such section (the file is made when missing).
+    The rest of the file is kept. Written atomically."""
     path = Path(path)
     old = path.read_text() if path.exists() else ""
     if mark[0] in old and mark[1] in old:
         a, b = old.index(mark[0]), old.index(mark[1]) + len(mark[1]) + 1
         new = old[:a] + text + old[b:]
     else:
-        new = old.rstrip("\n") + "\n\n" + text
+        new = (old.rstrip("\n") + "\n\n" if old.strip() else "") + text
     return atomic_write(path, lambda tmp: Path(tmp).write_text(new))

@@ -34,9 +34,9 @@ def build_tiny_corpus(root: Path, seed: int = 0, num_train: int = 40) -> TinyCor
     """Synthesise ~56 short utterances, compute fbank cuts and train a small BPE."""
     from lhotse import load_manifest
 
+    from q4asr.corpora.synth import SynthConfig, synthesize_corpus
+    from q4asr.corpora.text import TextConfig, load_sentences
     from q4asr.data.features import compute_fbank
-    from q4asr.data.synth import SynthConfig, synthesize_corpus
-    from q4asr.data.text import TextConfig, load_sentences
     from q4asr.data.tokenizer import train_bpe
 
     sentences = load_sentences(

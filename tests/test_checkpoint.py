@@ -18,6 +18,7 @@ from q4asr.checkpoint import (
     get_rng_state,
     list_checkpoints,
     load_checkpoint,
+    model_record,
     remove_old_checkpoints,
     save_checkpoint,
     set_rng_state,
@@ -140,6 +141,42 @@ def test_average_cli_last_n(tmp_path):
         )
         == 2
     )
+
+
+def test_averaged_checkpoint_keeps_the_whole_record(tmp_path):
+    """An averaged checkpoint has the record of the last one (the BPE model too);
+    a checkpoint written before the record (with plan_path, no bpe_model) still
+    averages."""
+    plan = {"default": {"weight_bits": 4, "act_bits": 8}, "rules": []}
+    new = model_record(
+        _state(1), {"quant": {"plan": "p.yaml"}}, {"d": 1}, plan, "bpe.model", 5
+    )
+    assert set(new) == {
+        "model",
+        "config",
+        "model_config",
+        "plan",
+        "bpe_model",
+        "step",
+        "env",
+    }
+    old = {"model": _state(2), "config": {}, "plan": None, "plan_path": None, "step": 9}
+    save_checkpoint(tmp_path / "a.pt", old)
+    save_checkpoint(tmp_path / "b.pt", new)
+    avg = average_checkpoints([tmp_path / "a.pt", tmp_path / "b.pt"])
+    assert {
+        k: avg[k] for k in ("config", "model_config", "plan", "bpe_model", "step")
+    } == {
+        "config": {"quant": {"plan": "p.yaml"}},
+        "model_config": {"d": 1},
+        "plan": plan,
+        "bpe_model": "bpe.model",
+        "step": 5,
+    }
+    assert avg["env"] == new["env"]
+    old_last = average_checkpoints([tmp_path / "b.pt", tmp_path / "a.pt"])
+    assert old_last["bpe_model"] is None and old_last["step"] == 9
+    assert "plan_path" not in old_last
 
 
 def test_rng_state_roundtrip(tmp_path):

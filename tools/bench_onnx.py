@@ -31,7 +31,6 @@ import copy
 import json
 import logging
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -41,6 +40,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from q4asr.utils import update_marked
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "egs" / "synth" / "ASR"
@@ -89,8 +90,8 @@ def synthetic_setup(cfg: dict, work: Path, n_utts: int, seed: int = 0):
     Returns (AsrModel float, {plan system: AsrModel}, [(id, samples, text)])."""
     import soundfile as sf
 
-    from q4asr.data.synth import UttPlan, synth_chunk
-    from q4asr.data.text import TextConfig, load_sentences
+    from q4asr.corpora.synth import UttSpec, synth_chunk
+    from q4asr.corpora.text import TextConfig, load_sentences
     from q4asr.data.tokenizer import Tokenizer, train_bpe
     from q4asr.model import ModelConfig, build_model
     from q4asr.modelfile import AsrModel
@@ -113,8 +114,8 @@ def synthetic_setup(cfg: dict, work: Path, n_utts: int, seed: int = 0):
         int_models[name] = AsrModel(
             m.eval(), tok, base.feature_config, {"method": "ptq"}, work
         )
-    plans = [
-        UttPlan(
+    specs = [
+        UttSpec(
             utt_id=f"bench-{i}",
             split="bench",
             text=t,
@@ -129,12 +130,12 @@ def synthetic_setup(cfg: dict, work: Path, n_utts: int, seed: int = 0):
         for i, t in enumerate(sents[:n_utts])
     ]
     audio = []
-    for plan, rec, err in synth_chunk(plans):
+    for spec, rec, err in synth_chunk(specs):
         if rec is None:
-            raise SystemExit(f"error: espeak-ng synthesis of {plan.utt_id}: {err}")
-        x, sr = sf.read(plan.path, dtype="float32")
+            raise SystemExit(f"error: espeak-ng synthesis of {spec.utt_id}: {err}")
+        x, sr = sf.read(spec.path, dtype="float32")
         assert sr == 16000, sr
-        audio.append((plan.utt_id, x, plan.text))
+        audio.append((spec.utt_id, x, spec.text))
     return base, int_models, audio
 
 
@@ -142,7 +143,7 @@ def recipe_setup(exp: Path, manifests: Path, part: str, n_utts: int):
     """The recipe's trained model files and ``n_utts`` utterances of its test part."""
     from lhotse import load_manifest
 
-    from q4asr.data.kaldi import load_audio
+    from q4asr.data.audio import load_audio
     from q4asr.modelfile import load_asr_model
 
     def model(system: str):
@@ -387,16 +388,6 @@ def render(r: dict[str, Any]) -> str:
     return "\n".join(L) + "\n"
 
 
-def splice(markdown: Path, section: str) -> None:
-    """Replace the section between the markers in ``markdown`` (or append it)."""
-    text = markdown.read_text() if markdown.is_file() else ""
-    pat = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END) + "\n?", re.S)
-    text = (
-        pat.sub(section, text) if pat.search(text) else text.rstrip() + "\n\n" + section
-    )
-    markdown.write_text(text)
-
-
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument(
         "--onnx-utts",
@@ -447,7 +438,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json:
         args.json.write_text(text + "\n")
     if args.markdown:
-        splice(args.markdown, render(r))
+        update_marked(args.markdown, render(r), (BEGIN, END))
     return r
 
 

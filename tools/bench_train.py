@@ -387,15 +387,13 @@ def render_markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-BEGIN = "<!-- bench.py --train:begin (generated; do not edit) -->"
-END = "<!-- bench.py --train:end -->"
+MARK = (
+    "<!-- bench.py --train:begin (generated; do not edit) -->",
+    "<!-- bench.py --train:end -->",
+)
 
 
-def update_markdown(old: str, section: str) -> str:
-    """``old`` with its training-benchmark section replaced by ``section`` (appended
-    when there is none), so that the training tables live beside the others."""
-    block = f"{BEGIN}\n{section}{END}\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        return head + block + rest.split(END, 1)[1].lstrip("\n")
-    return (old.rstrip("\n") + "\n\n" if old else "") + block
+def marked_markdown(result: dict) -> str:
+    """The training-benchmark section with its marks, for ``q4asr.utils.update_marked``
+    (so that the training tables live beside the others in BENCHMARKS.md)."""
+    return f"{MARK[0]}\n{render_markdown(result)}{MARK[1]}\n"

@@ -32,6 +32,7 @@ cat > "$dir/run.sh" <<EOS
 # conf/systems.yaml.
 #
 # Usage: ./run.sh --train-dir DIR --dev-dir DIR --test-dirs "DIR ..." [--stage N] [--stop-stage N]
+#   any option of egs/TEMPLATE/ASR/asr.sh (--nbpe, --max-steps, --systems...) is passed on
 set -euo pipefail
 
 stage=0
@@ -39,20 +40,15 @@ stop_stage=100
 train_dir=
 dev_dir=
 test_dirs=
-nj=2
-nbpe=256
-avg=3
-max_steps=
-systems=conf/systems.yaml
 decode_methods="greedy_search modified_beam_search"
 
 cd "\$(dirname "\${BASH_SOURCE[0]}")"
 Q4ASR_ROOT=\${Q4ASR_ROOT:-\$(cd ../../.. && pwd)}
+forward_to=\$Q4ASR_ROOT/egs/TEMPLATE/ASR/asr.sh
 . "\$Q4ASR_ROOT/tools/parse_options.sh"
 . "\$Q4ASR_ROOT/tools/path.sh"
 . "\$Q4ASR_ROOT/egs/TEMPLATE/ASR/lib.sh"
 
-exp_dir=exp
 test_parts=
 for d in \$test_dirs; do test_parts="\$test_parts \$(basename "\$d")"; done
 
@@ -68,11 +64,8 @@ if run_stage 0 "import Kaldi data dirs as lhotse manifests"; then
   end_stage
 fi
 
-"\$Q4ASR_ROOT/egs/TEMPLATE/ASR/asr.sh" --stage "\$(( stage > 10 ? stage : 10 ))" \\
-  --stop-stage "\$stop_stage" --prefix $name --train-part train --dev-part dev \\
-  --test-parts "\$(echo \$test_parts)" --systems "\$systems" --nbpe "\$nbpe" --nj "\$nj" \\
-  --avg "\$avg" --max-steps "\$max_steps" --decode-methods "\$decode_methods" \\
-  --results-title $name
+run_template decode_methods -- --prefix $name --train-part train --dev-part dev \\
+  --test-parts "\$(echo \$test_parts)" --results-title $name
 EOS
 chmod +x "$dir/run.sh"
 echo "created $dir: edit conf/ and stage 0 of run.sh, then ./run.sh --help"

@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
 from q4asr.checkpoint import (
     checkpoint_path,
@@ -48,6 +50,7 @@ from q4asr.checkpoint import (
     find_latest,
     get_rng_state,
     load_checkpoint,
+    model_record,
     remove_old_checkpoints,
     save_checkpoint,
     set_rng_state,
@@ -55,12 +58,16 @@ from q4asr.checkpoint import (
 from q4asr.config import Config, ConfigError, TrainConfig, amp_dtype, load_config
 from q4asr.data.datamodule import (
     DataSpec,
+    Loader,
     SpecAugmenter,
     make_loader,
     restore_sampler,
     sampler_state,
 )
 from q4asr.data.tokenizer import Tokenizer
+from q4asr.model import ModelConfig
+from q4asr.model import build_model as build_transducer
+from q4asr.quant import load_plan, prepare, set_quant_mode
 from q4asr.utils import atomic_write, setup_logging
 
 log = logging.getLogger("q4asr.train")
@@ -81,7 +88,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--init-from",
         default=None,
-        help="float checkpoint to start from (sets quant.init_from)",
+        help="float checkpoint to start from (sets train.init_from)",
     )
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--num-epochs", type=int, default=None)
@@ -107,7 +114,7 @@ def build_config(args: argparse.Namespace) -> Config:
     overrides = list(args.overrides)
     for flag, key in [
         ("plan", "quant.plan"),
-        ("init_from", "quant.init_from"),
+        ("init_from", "train.init_from"),
         ("max_steps", "train.max_steps"),
         ("num_epochs", "train.num_epochs"),
         ("seed", "train.seed"),
@@ -190,7 +197,7 @@ def make_optimizer(model: torch.nn.Module, tc: TrainConfig) -> torch.optim.Optim
     )
 
 
-# ------------------------------------------------------------------ helpers
+# ------------------------------------------------------------------ distributed
 
 
 @dataclasses.dataclass
@@ -219,47 +226,107 @@ def init_distributed(device_kind: str) -> Dist:
     return Dist(world_size, rank, local_rank)
 
 
-def all_reduce_sum(values: list[float], d: Dist, device: torch.device) -> list[float]:
-    if not d.enabled:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
+# ------------------------------------------------------------------ metrics
+
+LOSSES = ("loss", "simple_loss", "pruned_loss", "ctc_loss")
+
+
+@dataclasses.dataclass
+class Metrics:
+    """Sums over batches (and, after :meth:`all_reduce`, over ranks).
+
+    The losses are sums over utterances; ``frames`` counts encoder output frames
+    (what the losses are normalised by), ``in_frames`` input feature frames,
+    ``audio`` seconds of audio, ``utts`` utterances.
+    """
+
+    loss: float = 0.0
+    simple_loss: float = 0.0
+    pruned_loss: float = 0.0
+    ctc_loss: float = 0.0
+    frames: float = 0.0
+    in_frames: float = 0.0
+    audio: float = 0.0
+    utts: float = 0.0
+
+    @classmethod
+    def of_batch(
+        cls,
+        out: dict[str, Any],
+        in_frames: float = 0.0,
+        audio: float = 0.0,
+        utts: float = 0.0,
+    ) -> Metrics:
+        """One batch's sums from the model's outputs (``loss``, ``simple_loss``,
+        ``pruned_loss``, ``ctc_loss``: summed over the batch; ``num_frames``)."""
+        return cls(
+            *(float(out[k].detach()) for k in LOSSES),
+            float(out["num_frames"]),
+            in_frames,
+            audio,
+            utts,
+        )
+
+    def __iadd__(self, other: Metrics) -> Metrics:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
+
+    def all_reduce(self, d: Dist, device: torch.device) -> Metrics:
+        """The sums over every rank (itself when training on one process)."""
+        if not d.enabled:
+            return self
+        t = torch.tensor(dataclasses.astuple(self), dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return Metrics(*t.tolist())
+
+    def per_frame(self) -> dict[str, float]:
+        """Each loss divided by the number of encoder frames."""
+        frames = max(self.frames, 1.0)
+        return {k: getattr(self, k) / frames for k in LOSSES}
+
+    def rates(self, seconds: float) -> dict[str, float]:
+        """Input frames, audio seconds and utterances per second of ``seconds``."""
+        dt = max(seconds, 1e-9)
+        return {
+            "frames_per_sec": self.in_frames / dt,
+            "audio_sec_per_sec": self.audio / dt,
+            "utts_per_sec": self.utts / dt,
+        }
+
+
+def report(
+    writer: SummaryWriter | None,
+    section: str,
+    step: int,
+    stats: dict[str, float],
+    heading: str,
+    fmt: str,
+) -> None:
+    """Write ``stats`` to tensorboard as ``<section>/<name>`` and log them on one line
+    after ``heading``; nothing without a writer (ranks other than 0)."""
+    if writer is None:
+        return
+    for k, v in stats.items():
+        writer.add_scalar(f"{section}/{k}", v, step)
+    log.info("%s: %s", heading, " ".join(f"{k}={v:{fmt}}" for k, v in stats.items()))
+
+
+# ------------------------------------------------------------------ set-up
 
 
 def build_model(cfg: Config, tokenizer: Tokenizer) -> tuple[torch.nn.Module, dict]:
     """The transducer from ``cfg.model``; vocab size filled from the BPE model."""
-    from q4asr.model import ModelConfig
-    from q4asr.model import build_model as _build
-
     model_dict = dict(cfg.model)
-    fields = (
-        {f.name for f in dataclasses.fields(ModelConfig)}
-        if dataclasses.is_dataclass(ModelConfig)
-        else set()
-    )
-    if "vocab_size" in fields:
-        if "vocab_size" not in model_dict:
-            model_dict["vocab_size"] = tokenizer.vocab_size
-        elif model_dict["vocab_size"] != tokenizer.vocab_size:
-            raise ConfigError(
-                f"model.vocab_size: {model_dict['vocab_size']} but the "
-                f"BPE model has {tokenizer.vocab_size} pieces"
-            )
-    try:
-        mcfg = ModelConfig.from_dict(model_dict)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"model: {e}") from e
-    return _build(mcfg), mcfg.to_dict()
-
-
-def read_plan(path: str | None) -> Any:
-    """The validated ``PrecisionPlan`` at ``path`` (None for float training)."""
-    if path is None:
-        return None
-    from q4asr.quant import load_plan
-
-    return load_plan(path)
+    if "vocab_size" not in model_dict:
+        model_dict["vocab_size"] = tokenizer.vocab_size
+    elif model_dict["vocab_size"] != tokenizer.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size: {model_dict['vocab_size']} but the "
+            f"BPE model has {tokenizer.vocab_size} pieces"
+        )
+    mcfg = ModelConfig.from_dict(model_dict)
+    return build_transducer(mcfg), mcfg.to_dict()
 
 
 def model_state_from(path: str | Path) -> dict[str, torch.Tensor]:
@@ -269,7 +336,205 @@ def model_state_from(path: str | Path) -> dict[str, torch.Tensor]:
     return ckpt["model"]
 
 
-# ------------------------------------------------------------------ training
+def seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything one training run holds: what :func:`setup` builds, and the
+    counters that :func:`resume` restores and the loop advances."""
+
+    args: argparse.Namespace
+    cfg: Config
+    d: Dist
+    device: torch.device
+    amp: torch.dtype | None
+    scaler: torch.amp.GradScaler
+    exp_dir: Path
+    plan: dict[str, Any] | None  # PrecisionPlan.to_dict(); None for float
+    model: torch.nn.Module
+    model_config: dict[str, Any]
+    optimizer: torch.optim.Optimizer
+    scheduler: LRSchedule
+    train_data: Loader
+    valid_loader: torch.utils.data.DataLoader | None
+    augment: SpecAugmenter | None
+    step: int = 0
+    epoch: int = 0
+    batches_done: int = 0
+    totals: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {
+            "audio_seconds": 0.0,
+            "frames": 0.0,
+            "train_seconds": 0.0,
+        }
+    )
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+    resumed_from: Path | None = None
+
+    @property
+    def tc(self) -> TrainConfig:
+        return self.cfg.train
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(
+            self.device.type, dtype=self.amp, enabled=self.amp is not None
+        )
+
+    def warmup(self) -> float:
+        """The model's ``warmup`` argument at the current step."""
+        return self.step / self.tc.model_warmup_steps
+
+    def set_quant(self) -> None:
+        """Quantization on from ``quant.quant_start_step`` (QAT runs only)."""
+        if self.plan is not None:
+            set_quant_mode(self.model, self.step >= self.cfg.quant.quant_start_step)
+
+    def finished(self) -> bool:
+        tc = self.tc
+        if tc.max_steps is not None and self.step >= tc.max_steps:
+            return True
+        return tc.num_epochs is not None and self.epoch >= tc.num_epochs
+
+    def record(self) -> dict[str, Any]:
+        """The checkpoint record of the model as it is now."""
+        return model_record(
+            self.model.state_dict(),
+            self.cfg.to_dict(),
+            self.model_config,
+            self.plan,
+            self.args.bpe_model,
+            self.step,
+        )
+
+
+def setup(args: argparse.Namespace) -> Run:
+    """Config, device, process group, model (initialised from ``train.init_from``
+    when there is no checkpoint to resume from, then prepared for QAT), optimizer,
+    schedule and data loaders."""
+    cfg = build_config(args)
+    tc = cfg.train
+    device_kind = "cuda" if torch.cuda.is_available() else "cpu"
+    d = init_distributed(device_kind)
+    setup_logging(rank=d.rank)
+    if device_kind == "cuda":
+        torch.cuda.set_device(d.local_rank)
+        device = torch.device("cuda", d.local_rank)
+    else:
+        device = torch.device("cpu")
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    amp = amp_dtype(tc.amp, device_kind)
+    # fp16 needs loss scaling against gradient underflow; bf16 has float32's range
+    scaler = torch.amp.GradScaler(device_kind, enabled=amp == torch.float16)
+
+    exp_dir = Path(args.exp_dir)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = Tokenizer(args.bpe_model)
+    plan = load_plan(cfg.quant.plan) if cfg.quant.plan is not None else None
+
+    seed_all(tc.seed)
+    model, model_config = build_model(cfg, tokenizer)
+    # Every rank builds the same initial model; dropout and SpecAugment then draw
+    # from a per-rank stream.
+    seed_all(tc.seed + d.rank)
+    if tc.init_from and find_latest(exp_dir) is None:
+        model.load_state_dict(model_state_from(tc.init_from))
+        log.info("initialised the model from %s", tc.init_from)
+    if plan is not None:
+        model = prepare(model, plan)
+        log.info("prepared for QAT with plan %s", cfg.quant.plan)
+    model.to(device)
+    log.info("model: %.2fM parameters", num_params(model) / 1e6)
+    log.info(
+        "mixed precision: %s (train.amp=%s, %s)",
+        "off" if amp is None else str(amp).replace("torch.", ""),
+        tc.amp,
+        device_kind,
+    )
+    optimizer = make_optimizer(model, tc)
+    scheduler = LRSchedule(optimizer, tc)
+
+    spec = DataSpec(
+        max_duration=tc.max_duration,
+        num_buckets=tc.num_buckets,
+        seed=tc.seed,
+        num_workers=tc.num_workers,
+        on_the_fly_features=tc.on_the_fly_features,
+        num_mel_bins=int(model_config["num_mel_bins"]),
+        max_utterance_duration=tc.max_utterance_duration,
+    )
+    ranks = dict(world_size=d.world_size, rank=d.rank)
+    train_data = make_loader(args.train_cuts, tokenizer, spec, train=True, **ranks)
+    valid_loader = None
+    if args.valid_cuts:
+        vspec = dataclasses.replace(spec, num_workers=min(spec.num_workers, 1))
+        valid_loader = make_loader(
+            args.valid_cuts, tokenizer, vspec, train=False, **ranks
+        ).loader
+    augment = SpecAugmenter(tc.spec_augment) if tc.spec_augment.enabled else None
+    return Run(
+        args=args,
+        cfg=cfg,
+        d=d,
+        device=device,
+        amp=amp,
+        scaler=scaler,
+        exp_dir=exp_dir,
+        plan=plan.to_dict() if plan is not None else None,
+        model=model,
+        model_config=model_config,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_data=train_data,
+        valid_loader=valid_loader,
+        augment=augment,
+    )
+
+
+def num_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ------------------------------------------------------------------ resume
+
+
+def resume(run: Run) -> None:
+    """Continue from the latest checkpoint of the experiment directory, if any:
+    model, optimizer, schedule, loss scaler, sampler position, counters and this
+    rank's RNG state."""
+    latest = find_latest(run.exp_dir)
+    if latest is None:
+        return
+    ckpt = load_checkpoint(latest)
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    if run.scaler.is_enabled() and ckpt.get("grad_scaler"):
+        run.scaler.load_state_dict(ckpt["grad_scaler"])
+    run.step, run.epoch = int(ckpt["step"]), int(ckpt["epoch"])
+    run.batches_done = int(ckpt["sampler"]["batches_done"])
+    run.totals.update(ckpt.get("totals", {}))
+    run.skipped.update(ckpt.get("skipped", {}))
+    restore_sampler(run.train_data.sampler, ckpt["sampler"])
+    rng = ckpt["rng"]
+    set_rng_state(rng[run.d.rank] if len(rng) == run.d.world_size else rng[0])
+    run.resumed_from = latest
+    log.info(
+        "resumed from %s (step %d, epoch %d, batch %d of the epoch)",
+        latest,
+        run.step,
+        run.epoch,
+        run.batches_done,
+    )
+    if run.tc.init_from:
+        log.info("resuming: train.init_from is not used")
+
+
+# ------------------------------------------------------------------ one step
 
 
 def train_step(
@@ -317,423 +582,249 @@ def train_step(
     return out, grad_norm
 
 
+def take_step(
+    run: Run, ddp_model: torch.nn.Module, batch: dict[str, Any]
+) -> tuple[Metrics, float] | None:
+    """One training step on one batch of the loader: SpecAugment, the quantization
+    mode of this step, :func:`train_step`, the LR schedule. Returns the batch's
+    metrics summed over ranks and the gradient norm, or None when the batch is empty
+    on some rank (then no rank takes the step)."""
+    run.batches_done += 1
+    run.skipped.update(batch["skipped"])
+    feats, lens, tokens = batch["features"], batch["feature_lens"], batch["tokens"]
+    n = feats.shape[0]
+    if run.d.enabled:  # every rank must take the step, or none
+        n_min = torch.tensor([n], device=run.device)
+        dist.all_reduce(n_min, op=dist.ReduceOp.MIN)
+        if int(n_min) == 0:
+            return None
+    elif n == 0:
+        return None
+    if run.augment is not None:
+        feats = run.augment(feats, lens)
+    run.set_quant()
+    out, grad_norm = train_step(
+        ddp_model,
+        (feats.to(run.device), lens.to(run.device), tokens),
+        run.optimizer,
+        run.scaler,
+        run.amp,
+        run.tc.grad_clip,
+        run.warmup(),
+    )
+    if not run.scaler.is_enabled() and not math.isfinite(grad_norm):
+        log.warning(
+            "step %d: non-finite gradient norm, update skipped (cuts %s)",
+            run.step,
+            ",".join(batch["cut_ids"][:5]),
+        )
+    run.scheduler.step()
+    run.step += 1
+    m = Metrics.of_batch(out, float(lens.sum()), batch["duration"], float(n))
+    return m.all_reduce(run.d, run.device), grad_norm
+
+
+# ------------------------------------------------------------------ validation
+
+
+def validate(run: Run) -> dict[str, float] | None:
+    """Losses per encoder frame over the validation set (all ranks), or None
+    without one."""
+    if run.valid_loader is None:
+        return None
+    run.model.eval()
+    sums = Metrics()
+    with torch.no_grad(), run.autocast():
+        for b in run.valid_loader:
+            if b["features"].shape[0] == 0:
+                continue
+            out = run.model(
+                b["features"].to(run.device),
+                b["feature_lens"].to(run.device),
+                b["tokens"],
+                warmup=run.warmup(),
+            )
+            sums += Metrics.of_batch(out)
+    run.model.train()
+    return sums.all_reduce(run.d, run.device).per_frame()
+
+
+# ------------------------------------------------------------------ checkpoint
+
+
+def save(run: Run) -> None:
+    """Write ``checkpoint-<step>.pt`` (rank 0; every rank's RNG state gathered
+    into it) and remove the oldest beyond ``train.keep_last_checkpoints``."""
+    rng = get_rng_state()
+    rngs = [rng]
+    if run.d.enabled:
+        rngs = [None] * run.d.world_size
+        dist.all_gather_object(rngs, rng)
+    if run.d.is_main:
+        state = {
+            **run.record(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "grad_scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
+            "sampler": sampler_state(
+                run.train_data.sampler, run.epoch, run.batches_done
+            ),
+            "rng": rngs,
+            "epoch": run.epoch,
+            "totals": dict(run.totals),
+            "skipped": dict(run.skipped),
+            "world_size": run.d.world_size,
+        }
+        path = save_checkpoint(checkpoint_path(run.exp_dir, run.step), state)
+        removed = remove_old_checkpoints(run.exp_dir, run.tc.keep_last_checkpoints)
+        log.info(
+            "saved %s%s", path, f" (removed {len(removed)} old)" if removed else ""
+        )
+    if run.d.enabled:
+        dist.barrier()
+
+
+# ------------------------------------------------------------------ finish
+
+
+def finish(run: Run, valid: dict[str, float] | None) -> dict[str, Any] | None:
+    """Write ``final.pt`` and ``train_summary.json`` (rank 0); returns the summary."""
+    if not run.d.is_main:
+        return None
+    save_checkpoint(run.exp_dir / "final.pt", run.record())
+    wall = run.totals["train_seconds"]
+    summary = {
+        "steps": run.step,
+        "epochs_completed": run.epoch,
+        "wall_time_s": wall,
+        "audio_seconds": run.totals["audio_seconds"],
+        "audio_sec_per_sec": run.totals["audio_seconds"] / max(wall, 1e-9),
+        "frames_per_sec": run.totals["frames"] / max(wall, 1e-9),
+        "world_size": run.d.world_size,
+        "num_threads": torch.get_num_threads(),
+        "num_params": num_params(run.model),
+        "quantized": run.plan is not None,
+        "amp": "off" if run.amp is None else str(run.amp).replace("torch.", ""),
+        "skipped_cuts": {**run.train_data.cut_filter.rejected, **run.skipped},
+        "final_valid": valid,
+        "env": env_info(),
+    }
+    atomic_write(
+        run.exp_dir / "train_summary.json",
+        lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)),
+    )
+    log.info(
+        "done: %d steps, %.1f s of audio in %.1f s (%.1f audio s/s)",
+        run.step,
+        summary["audio_seconds"],
+        wall,
+        summary["audio_sec_per_sec"],
+    )
+    return summary
+
+
+# ------------------------------------------------------------------ the loop
+
+
 def train(args: argparse.Namespace) -> dict[str, Any] | None:
     """Run training; returns the summary dict on rank 0 (None on other ranks)."""
-    cfg = build_config(args)
-    tc = cfg.train
-    device_kind = "cuda" if torch.cuda.is_available() else "cpu"
-    d = init_distributed(device_kind)
-    setup_logging(rank=d.rank)
-    if device_kind == "cuda":
-        torch.cuda.set_device(d.local_rank)
-        device = torch.device("cuda", d.local_rank)
-    else:
-        device = torch.device("cpu")
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
-    amp = amp_dtype(tc.amp, device_kind)
-    # fp16 needs loss scaling against gradient underflow; bf16 has float32's range
-    scaler = torch.amp.GradScaler(device_kind, enabled=amp == torch.float16)
-
-    exp_dir = Path(args.exp_dir)
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = Tokenizer(args.bpe_model)
-    plan = read_plan(cfg.quant.plan)
-    # Stored in checkpoints as plain data: PrecisionPlan.from_dict(ckpt["plan"]).
-    plan_info = plan.to_dict() if plan is not None else None
-
-    torch.manual_seed(tc.seed)
-    random.seed(tc.seed)
-    np.random.seed(tc.seed)
-
-    model, model_cfg_dict = build_model(cfg, tokenizer)
-    # Every rank builds the same initial model; dropout and SpecAugment then draw
-    # from a per-rank stream.
-    torch.manual_seed(tc.seed + d.rank)
-    random.seed(tc.seed + d.rank)
-    np.random.seed(tc.seed + d.rank)
-    latest = find_latest(exp_dir)
-    ckpt = load_checkpoint(latest) if latest is not None else None
-    if ckpt is None and cfg.quant.init_from:
-        model.load_state_dict(model_state_from(cfg.quant.init_from))
-        log.info("initialised the model from %s", cfg.quant.init_from)
-    if plan is not None:
-        from q4asr.quant import prepare
-
-        model = prepare(model, plan)
-        log.info("prepared for QAT with plan %s", cfg.quant.plan)
-    model.to(device)
-    num_params = sum(p.numel() for p in model.parameters())
-    log.info("model: %.2fM parameters", num_params / 1e6)
-    log.info(
-        "mixed precision: %s (train.amp=%s, %s)",
-        "off" if amp is None else str(amp).replace("torch.", ""),
-        tc.amp,
-        device_kind,
-    )
-
-    def autocast():
-        return torch.autocast(device_kind, dtype=amp, enabled=amp is not None)
-
-    optimizer = make_optimizer(model, tc)
-    scheduler = LRSchedule(optimizer, tc)
-
-    spec = DataSpec(
-        max_duration=tc.max_duration,
-        num_buckets=tc.num_buckets,
-        seed=tc.seed,
-        num_workers=tc.num_workers,
-        on_the_fly_features=tc.on_the_fly_features,
-        num_mel_bins=int(model_cfg_dict["num_mel_bins"]),
-        max_utterance_duration=tc.max_utterance_duration,
-    )
-    train_data = make_loader(
-        args.train_cuts,
-        tokenizer,
-        spec,
-        train=True,
-        world_size=d.world_size,
-        rank=d.rank,
-    )
-    train_loader, sampler = train_data.loader, train_data.sampler
-    valid_loader = None
-    if args.valid_cuts:
-        vspec = dataclasses.replace(spec, num_workers=min(spec.num_workers, 1))
-        valid_loader = make_loader(
-            args.valid_cuts,
-            tokenizer,
-            vspec,
-            train=False,
-            world_size=d.world_size,
-            rank=d.rank,
-        ).loader
-    augment = SpecAugmenter(tc.spec_augment) if tc.spec_augment.enabled else None
-
-    step, epoch, batches_done = 0, 0, 0
-    totals = {"audio_seconds": 0.0, "frames": 0.0, "train_seconds": 0.0}
-    skipped: dict[str, str] = {}
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if scaler.is_enabled() and ckpt.get("grad_scaler"):
-            scaler.load_state_dict(ckpt["grad_scaler"])
-        step, epoch = int(ckpt["step"]), int(ckpt["epoch"])
-        batches_done = int(ckpt["sampler"]["batches_done"])
-        totals.update(ckpt.get("totals", {}))
-        skipped.update(ckpt.get("skipped", {}))
-        restore_sampler(sampler, ckpt["sampler"])
-        rng = ckpt["rng"]
-        set_rng_state(rng[d.rank] if len(rng) == d.world_size else rng[0])
-        log.info(
-            "resumed from %s (step %d, epoch %d, batch %d of the epoch)",
-            latest,
-            step,
-            epoch,
-            batches_done,
-        )
-        if cfg.quant.init_from:
-            log.info("resuming: quant.init_from is not used")
-    ckpt = None
-
-    def quant_on(s: int) -> bool:
-        return plan_info is not None and s >= cfg.quant.quant_start_step
-
-    def set_quant(enabled: bool) -> None:
-        if plan_info is not None:
-            from q4asr.quant import set_quant_mode
-
-            set_quant_mode(model, enabled)
-
-    set_quant(quant_on(step))
+    run = setup(args)
+    resume(run)
+    d, tc, model = run.d, run.tc, run.model
+    run.set_quant()
     ddp_model: torch.nn.Module = model
     if d.enabled:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[d.local_rank] if device_kind == "cuda" else None
+            model, device_ids=[d.local_rank] if run.device.type == "cuda" else None
         )
 
     writer = None
-    if d.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(log_dir=str(exp_dir / "tensorboard"), purge_step=step)
-        log.info("config: %s", json.dumps(cfg.to_dict()))
-
-    def checkpoint_state() -> dict[str, Any] | None:
-        rng = get_rng_state()
-        rngs = [rng]
-        if d.enabled:
-            rngs = [None] * d.world_size
-            dist.all_gather_object(rngs, rng)
-        if not d.is_main:
-            return None
-        return {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            "sampler": sampler_state(sampler, epoch, batches_done),
-            "rng": rngs,
-            "step": step,
-            "epoch": epoch,
-            "totals": dict(totals),
-            "skipped": dict(skipped),
-            "config": cfg.to_dict(),
-            "model_config": model_cfg_dict,
-            "plan": plan_info,
-            "plan_path": cfg.quant.plan,
-            "bpe_model": str(args.bpe_model),
-            "world_size": d.world_size,
-            "env": env_info(),
-        }
-
-    def save(s: int) -> None:
-        state = checkpoint_state()
-        if state is not None:
-            path = save_checkpoint(checkpoint_path(exp_dir, s), state)
-            removed = remove_old_checkpoints(exp_dir, tc.keep_last_checkpoints)
-            log.info(
-                "saved %s%s", path, f" (removed {len(removed)} old)" if removed else ""
-            )
-        if d.enabled:
-            dist.barrier()
-
-    def validate() -> dict[str, float] | None:
-        if valid_loader is None:
-            return None
-        model.eval()
-        sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # loss, simple, pruned, ctc, frames
-        with torch.no_grad(), autocast():
-            for b in valid_loader:
-                if b["features"].shape[0] == 0:
-                    continue
-                out = model(
-                    b["features"].to(device),
-                    b["feature_lens"].to(device),
-                    b["tokens"],
-                    warmup=warmup_value(step),
-                )
-                sums = [
-                    a + float(v)
-                    for a, v in zip(
-                        sums,
-                        [
-                            out["loss"],
-                            out["simple_loss"],
-                            out["pruned_loss"],
-                            out["ctc_loss"],
-                            out["num_frames"],
-                        ],
-                    )
-                ]
-        model.train()
-        sums = all_reduce_sum(sums, d, device)
-        frames = max(sums[4], 1.0)
-        return {
-            "loss": sums[0] / frames,
-            "simple_loss": sums[1] / frames,
-            "pruned_loss": sums[2] / frames,
-            "ctc_loss": sums[3] / frames,
-        }
-
-    def warmup_value(s: int) -> float:
-        return s / tc.model_warmup_steps
-
-    def finished() -> bool:
-        if tc.max_steps is not None and step >= tc.max_steps:
-            return True
-        return tc.num_epochs is not None and epoch >= tc.num_epochs
-
     progress = None
-    if d.is_main and not args.no_progress:
-        from tqdm import tqdm
-
-        progress = tqdm(
-            total=tc.max_steps,
-            initial=step,
-            unit="step",
-            mininterval=1.0,
-            dynamic_ncols=True,
-            file=sys.stderr,
+    if d.is_main:
+        writer = SummaryWriter(
+            log_dir=str(run.exp_dir / "tensorboard"), purge_step=run.step
         )
+        log.info("config: %s", json.dumps(run.cfg.to_dict()))
+        if not args.no_progress:
+            progress = tqdm(
+                total=tc.max_steps,
+                initial=run.step,
+                unit="step",
+                mininterval=1.0,
+                dynamic_ncols=True,
+                file=sys.stderr,
+            )
 
     model.train()
     t_start = time.time()
-    interval = {
-        "loss": 0.0,
-        "simple_loss": 0.0,
-        "pruned_loss": 0.0,
-        "ctc_loss": 0.0,
-        "frames": 0.0,
-        "in_frames": 0.0,
-        "audio": 0.0,
-        "utts": 0.0,
-    }
+    interval = Metrics()
     t_interval = time.time()
-    train_seconds_before = totals["train_seconds"]
-    last_saved = step if latest is not None else -1
+    train_seconds_before = run.totals["train_seconds"]
+    last_saved = run.step if run.resumed_from is not None else -1
+    sampler = run.train_data.sampler
 
-    while not finished():
-        sampler.set_epoch(epoch)
-        for batch in train_loader:
-            batches_done += 1
-            skipped.update(batch["skipped"])
-            feats, lens, tokens = (
-                batch["features"],
-                batch["feature_lens"],
-                batch["tokens"],
-            )
-            n = feats.shape[0]
-            if d.enabled:  # every rank must take the step, or none
-                n_min = torch.tensor([n], device=device)
-                dist.all_reduce(n_min, op=dist.ReduceOp.MIN)
-                if int(n_min) == 0:
-                    continue
-            elif n == 0:
+    while not run.finished():
+        sampler.set_epoch(run.epoch)
+        for batch in run.train_data.loader:
+            taken = take_step(run, ddp_model, batch)
+            if taken is None:
                 continue
-            if augment is not None:
-                feats = augment(feats, lens)
-            set_quant(quant_on(step))
-            out, grad_norm = train_step(
-                ddp_model,
-                (feats.to(device), lens.to(device), tokens),
-                optimizer,
-                scaler,
-                amp,
-                tc.grad_clip,
-                warmup_value(step),
-            )
-            loss = out["loss"]
-            if not scaler.is_enabled() and not math.isfinite(grad_norm):
-                log.warning(
-                    "step %d: non-finite gradient norm, update skipped (cuts %s)",
-                    step,
-                    ",".join(batch["cut_ids"][:5]),
-                )
-            scheduler.step()
-            step += 1
-
-            in_frames = float(lens.sum())
-            vals = all_reduce_sum(
-                [
-                    float(loss.detach()),
-                    float(out["simple_loss"]),
-                    float(out["pruned_loss"]),
-                    float(out["ctc_loss"]),
-                    float(out["num_frames"]),
-                    in_frames,
-                    batch["duration"],
-                    float(n),
-                ],
-                d,
-                device,
-            )
-            for k, v in zip(interval, vals):
-                interval[k] += v
-            totals["audio_seconds"] += vals[6]
-            totals["frames"] += vals[5]
-            totals["train_seconds"] = train_seconds_before + time.time() - t_start
+            m, grad_norm = taken
+            interval += m
+            run.totals["audio_seconds"] += m.audio
+            run.totals["frames"] += m.in_frames
+            run.totals["train_seconds"] = train_seconds_before + time.time() - t_start
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(
-                    loss=f"{vals[0] / max(vals[4], 1):.3f}", epoch=epoch, refresh=False
+                    loss=f"{m.per_frame()['loss']:.3f}", epoch=run.epoch, refresh=False
                 )
 
-            if step % tc.log_every == 0 or finished():
-                dt = max(time.time() - t_interval, 1e-9)
-                fr = max(interval["frames"], 1.0)
-                stats = {
-                    k: interval[k] / fr
-                    for k in ("loss", "simple_loss", "pruned_loss", "ctc_loss")
-                }
-                stats.update(
-                    lr=scheduler.get_last_lr(),
-                    grad_norm=grad_norm,
-                    frames_per_sec=interval["in_frames"] / dt,
-                    audio_sec_per_sec=interval["audio"] / dt,
-                    utts_per_sec=interval["utts"] / dt,
+            if run.step % tc.log_every == 0 or run.finished():
+                stats = interval.per_frame()
+                stats.update(lr=run.scheduler.get_last_lr(), grad_norm=grad_norm)
+                stats.update(interval.rates(time.time() - t_interval))
+                report(
+                    writer,
+                    "train",
+                    run.step,
+                    stats,
+                    f"epoch {run.epoch} step {run.step}",
+                    ".4g",
                 )
-                if writer is not None:
-                    for k, v in stats.items():
-                        writer.add_scalar(f"train/{k}", v, step)
-                    log.info(
-                        "epoch %d step %d: %s",
-                        epoch,
-                        step,
-                        " ".join(f"{k}={v:.4g}" for k, v in stats.items()),
-                    )
-                interval = dict.fromkeys(interval, 0.0)
+                interval = Metrics()
                 t_interval = time.time()
-            if step % tc.valid_every == 0:
-                v = validate()
-                if v is not None and writer is not None:
-                    for k, x in v.items():
-                        writer.add_scalar(f"valid/{k}", x, step)
-                    log.info(
-                        "step %d validation: %s",
-                        step,
-                        " ".join(f"{k}={x:.4f}" for k, x in v.items()),
+            if run.step % tc.valid_every == 0:
+                v = validate(run)
+                if v is not None:
+                    report(
+                        writer,
+                        "valid",
+                        run.step,
+                        v,
+                        f"step {run.step} validation",
+                        ".4f",
                     )
-            if step % tc.checkpoint_every == 0:
-                save(step)
-                last_saved = step
-            if finished():
+            if run.step % tc.checkpoint_every == 0:
+                save(run)
+                last_saved = run.step
+            if run.finished():
                 break
         else:  # the epoch ended
-            log.info("finished epoch %d at step %d", epoch, step)
-            epoch += 1
-            batches_done = 0
+            log.info("finished epoch %d at step %d", run.epoch, run.step)
+            run.epoch += 1
+            run.batches_done = 0
 
     if progress is not None:
         progress.close()
-    if last_saved != step:
-        save(step)
-    valid = validate()
+    if last_saved != run.step:
+        save(run)
+    valid = validate(run)
     if d.enabled:
         dist.barrier()
-    summary = None
-    if d.is_main:
-        final = {
-            "model": model.state_dict(),
-            "config": cfg.to_dict(),
-            "model_config": model_cfg_dict,
-            "plan": plan_info,
-            "plan_path": cfg.quant.plan,
-            "step": step,
-            "bpe_model": str(args.bpe_model),
-            "env": env_info(),
-        }
-        save_checkpoint(exp_dir / "final.pt", final)
-        wall = totals["train_seconds"]
-        summary = {
-            "steps": step,
-            "epochs_completed": epoch,
-            "wall_time_s": wall,
-            "audio_seconds": totals["audio_seconds"],
-            "audio_sec_per_sec": totals["audio_seconds"] / max(wall, 1e-9),
-            "frames_per_sec": totals["frames"] / max(wall, 1e-9),
-            "world_size": d.world_size,
-            "num_threads": torch.get_num_threads(),
-            "num_params": num_params,
-            "quantized": plan_info is not None,
-            "amp": "off" if amp is None else str(amp).replace("torch.", ""),
-            "skipped_cuts": {**train_data.cut_filter.rejected, **skipped},
-            "final_valid": valid,
-            "env": env_info(),
-        }
-        atomic_write(
-            exp_dir / "train_summary.json",
-            lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)),
-        )
-        if writer is not None:
-            writer.close()
-        log.info(
-            "done: %d steps, %.1f s of audio in %.1f s (%.1f audio s/s)",
-            step,
-            summary["audio_seconds"],
-            wall,
-            summary["audio_sec_per_sec"],
-        )
+    summary = finish(run, valid)
+    if writer is not None:
+        writer.close()
     if d.enabled:
         dist.destroy_process_group()
     return summary

@@ -30,8 +30,9 @@ from pathlib import Path
 
 import torch
 
+from q4asr.data.audio import load_audio
 from q4asr.data.features import fbank_extractor
-from q4asr.data.kaldi import load_audio, read_kaldi_data_dir
+from q4asr.data.kaldi import read_kaldi_data_dir
 from q4asr.decode.recognize import METHODS, recognize_batch
 from q4asr.decode.scoring import SCORING_MODES, score, scoring_note
 from q4asr.modelfile import load_asr_model

@@ -137,8 +137,8 @@ class AsrDataset(torch.utils.data.Dataset):
     def _load(self, cut: Cut) -> torch.Tensor:
         if self.extractor is not None:
             # the same path as q4asr.data.features: 16 kHz, resampled when needed
+            from q4asr.data.audio import resample
             from q4asr.data.features import SAMPLE_RATE
-            from q4asr.data.kaldi import resample
 
             samples = torch.from_numpy(cut.load_audio())
             samples = resample(samples, cut.sampling_rate, SAMPLE_RATE)

@@ -36,7 +36,7 @@ import torch
 from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter, load_manifest
 from lhotse.utils import fastcopy
 
-from q4asr.data.kaldi import resample
+from q4asr.data.audio import resample
 from q4asr.utils import setup_logging
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Kaldi data directories -> lhotse manifests, and audio loading for transcription.
+"""Kaldi data directories -> lhotse manifests.
 
 A Kaldi data dir holds ``wav.scp`` (``<recording-id> <audio path>``), optionally
 ``text`` (``<utterance-id> <words...>``) and ``segments`` (``<utterance-id>
@@ -9,8 +9,8 @@ example with ``sox``). A missing or unreadable audio file is reported by name in
 returned failure list, never raised.
 
 Multi-channel recordings keep their channels in the recording manifest; their
-supervisions (and so the features) use channel 0. :func:`load_audio` instead
-averages channels to mono, as transcription needs.
+supervisions (and so the features) use channel 0. :func:`q4asr.data.audio.load_audio`
+instead averages channels to mono, as transcription needs.
 """
 
 from __future__ import annotations
@@ -19,9 +19,6 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
-import torch
 from lhotse import Recording, RecordingSet, SupervisionSegment, SupervisionSet
 
 log = logging.getLogger(__name__)
@@ -151,41 +148,6 @@ def read_kaldi_data_dir(data_dir: str | Path) -> KaldiDataDir:
         supervisions=SupervisionSet.from_segments(sups),
         failures=failures,
     )
-
-
-def resample(samples: torch.Tensor, orig_sr: int, target_sr: int) -> torch.Tensor:
-    """Band-limited sinc resampling (lhotse's torch port of torchaudio's).
-
-    samples: (..., S) float -> (..., S') float with S' = ceil(S * target_sr / orig_sr).
-    """
-    if orig_sr == target_sr:
-        return samples
-    from lhotse.augmentation.resample import Resample
-
-    return Resample(orig_sr, target_sr)(samples)
-
-
-def load_audio(path: str | Path, target_sr: int = 16000) -> torch.Tensor:
-    """Read an audio file, average its channels to mono, resample to ``target_sr``.
-
-    Returns ``(S,) float32`` in [-1, 1]. Raises ValueError naming the file when it
-    is missing, unreadable or empty.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: audio file not found")
-    try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (S, C)
-    except Exception as e:
-        raise ValueError(
-            f"{path}: unreadable audio ({type(e).__name__}: {e})"
-        ) from None
-    if data.shape[0] == 0:
-        raise ValueError(f"{path}: audio file is empty")
-    mono = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
-    out = resample(mono, sr, target_sr)
-    assert out.ndim == 1, out.shape
-    return out.contiguous()
 
 
 def main(argv: list[str] | None = None) -> int:

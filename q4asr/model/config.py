@@ -6,6 +6,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from q4asr.validation import (
+    check_fraction,
+    check_integer,
+    check_keys,
+    check_positive,
+    require,
+)
+
 
 @dataclass
 class ModelConfig:
@@ -13,7 +21,8 @@ class ModelConfig:
 
     The defaults give a small model (about 3M parameters with a 256-token
     vocabulary) that trains on a CPU; ``ModelConfig.tiny()`` gives the sizes used in
-    tests. Every field is checked in ``__post_init__``; errors name the field.
+    tests. Every field is checked in ``__post_init__``; errors
+    (:class:`q4asr.validation.ConfigError`) name the field (``model.d_model``).
     """
 
     # input and encoder
@@ -40,6 +49,7 @@ class ModelConfig:
     ctc_weight: float = 0.3
 
     def __post_init__(self) -> None:
+        w = "model"
         positive = (
             "num_mel_bins",
             "subsampling_channels",
@@ -52,93 +62,68 @@ class ModelConfig:
             "joiner_dim",
             "context_size",
         )
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(
-                    f"ModelConfig.{name} must be a positive integer, got {value!r}"
-                )
-        for name in (
+        scales = ("lm_scale", "am_scale", "simple_loss_scale", "ctc_weight")
+        check_integer(
+            self,
+            w,
+            *positive,
             "vocab_size",
             "blank_id",
             "prune_range",
             "subsampling_first_channels",
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(
-                    f"ModelConfig.{name} must be an integer, got {value!r}"
-                )
-        for name in (
+            optional=False,
+        )
+        check_positive(self, w, *positive)
+        check_positive(
+            self,
+            w,
+            "subsampling_first_channels",
             "dropout",
-            "lm_scale",
-            "am_scale",
-            "simple_loss_scale",
-            "ctc_weight",
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"ModelConfig.{name} must be a number, got {value!r}")
-            setattr(self, name, float(value))
-        if self.subsampling_first_channels < 0:
-            raise ValueError(
-                "ModelConfig.subsampling_first_channels must be >= 0 (0: the same as "
-                f"subsampling_channels), got {self.subsampling_first_channels}"
-            )
-        if self.num_mel_bins < 7:
-            raise ValueError(
-                "ModelConfig.num_mel_bins must be >= 7 for the x4 conv subsampling, "
-                f"got {self.num_mel_bins}"
-            )
-        if self.d_model % self.num_heads != 0:
-            raise ValueError(
-                f"ModelConfig.d_model ({self.d_model}) must be divisible by "
-                f"ModelConfig.num_heads ({self.num_heads})"
-            )
-        if self.conv_kernel % 2 != 1:
-            raise ValueError(
-                f"ModelConfig.conv_kernel must be odd, got {self.conv_kernel}"
-            )
-        if self.vocab_size < 2:
-            raise ValueError(
-                f"ModelConfig.vocab_size must be >= 2 (blank + one token), "
-                f"got {self.vocab_size}"
-            )
-        if self.blank_id != 0:
-            raise ValueError(
-                f"ModelConfig.blank_id must be 0 (the tokenizer's blank), "
-                f"got {self.blank_id}"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(
-                f"ModelConfig.dropout must be in [0, 1), got {self.dropout}"
-            )
-        if self.prune_range < 2:
-            raise ValueError(
-                f"ModelConfig.prune_range must be >= 2, got {self.prune_range}"
-            )
-        for name in ("lm_scale", "am_scale", "simple_loss_scale", "ctc_weight"):
-            if getattr(self, name) < 0.0:
-                raise ValueError(
-                    f"ModelConfig.{name} must be >= 0, got {getattr(self, name)}"
-                )
-        if self.simple_loss_scale > 1.0:
-            raise ValueError(
-                "ModelConfig.simple_loss_scale must be in [0, 1], "
-                f"got {self.simple_loss_scale}"
-            )
+            *scales,
+            allow_zero=True,
+            optional=False,
+        )
+        for name in ("dropout", *scales):
+            setattr(self, name, float(getattr(self, name)))
+        require(
+            self.num_mel_bins >= 7,
+            f"{w}.num_mel_bins",
+            f"must be >= 7 for the x4 conv subsampling, got {self.num_mel_bins}",
+        )
+        require(
+            self.d_model % self.num_heads == 0,
+            f"{w}.d_model",
+            f"{self.d_model} must be divisible by model.num_heads ({self.num_heads})",
+        )
+        require(
+            self.conv_kernel % 2 == 1,
+            f"{w}.conv_kernel",
+            f"must be odd, got {self.conv_kernel}",
+        )
+        require(
+            self.vocab_size >= 2,
+            f"{w}.vocab_size",
+            f"must be >= 2 (blank + one token), got {self.vocab_size}",
+        )
+        require(
+            self.blank_id == 0,
+            f"{w}.blank_id",
+            f"must be 0 (the tokenizer's blank), got {self.blank_id}",
+        )
+        require(
+            self.dropout < 1.0, f"{w}.dropout", f"must be in [0, 1), got {self.dropout}"
+        )
+        require(
+            self.prune_range >= 2,
+            f"{w}.prune_range",
+            f"must be >= 2, got {self.prune_range}",
+        )
+        check_fraction(self, w, "simple_loss_scale")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         """Build from a mapping (the YAML ``model:`` section); unknown keys are errors."""
-        if not isinstance(d, dict):
-            raise ValueError(f"model config must be a mapping, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown ModelConfig field(s) {unknown}; allowed: {sorted(known)}"
-            )
+        check_keys(cls, d, "model")
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:

@@ -50,6 +50,8 @@ from typing import Any
 
 import yaml
 
+from q4asr.validation import ConfigError
+
 MIN_BITS = 2
 MAX_BITS = 8
 WEIGHT_GRANULARITIES = ("channel", "tensor")
@@ -65,7 +67,7 @@ _PRECISION_KEYS = (
 _PLAN_KEYS = ("default", "rules", "description")
 
 
-class PlanError(ValueError):
+class PlanError(ConfigError):
     """A precision plan is malformed or does not fit the model it is applied to."""
 
 

@@ -133,6 +133,25 @@ def test_transcribe_audio_files_and_missing_file(qat_int4, tiny_corpus, tmp_path
     assert "Traceback" not in r.stderr
 
 
+def test_a_file_that_is_no_model_is_named_as_such(tmp_path):
+    from q4asr.checkpoint import save_checkpoint
+    from q4asr.modelfile import load_asr_model
+
+    config = tmp_path / "train.yaml"
+    config.write_text("model: {d_model: 32}\n")
+    with pytest.raises(ValueError, match="neither a model file .* nor a training"):
+        load_asr_model(config)
+    ckpt = save_checkpoint(tmp_path / "final.pt", {"model": {}})
+    with pytest.raises(ValueError, match="a training checkpoint needs --bpe-model"):
+        load_asr_model(ckpt)
+    r = cli("q4asr.bin.transcribe", "--model", str(config), str(config), check=False)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"error: {config}: neither a model file (.safetensors, from q4asr-export) "
+        "nor a training checkpoint (.pt)"
+    ]
+
+
 def test_decode_writes_result_files(qat_int4, tiny_corpus, tmp_path):
     _, _, model = qat_int4
     cli("q4asr.bin.decode", "--model", str(model), "--cuts", str(tiny_corpus.cuts["dev"]),

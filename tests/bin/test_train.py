@@ -287,7 +287,7 @@ def test_qat_from_float_checkpoint(reference, tiny_corpus, tmp_path):
     )
     final = load_checkpoint(exp / "final.pt")
     assert final["plan"] == load_plan(plan).to_dict()
-    assert final["config"]["quant"]["init_from"] == str(ref_exp / "final.pt")
+    assert final["config"]["train"]["init_from"] == str(ref_exp / "final.pt")
     assert json.loads((exp / "train_summary.json").read_text())["quantized"] is True
     # it started from the float weights (a 1e-12 learning rate barely moves them)
     init = load_checkpoint(ref_exp / "final.pt")["model"]
@@ -396,3 +396,43 @@ def test_command_line_overrides_single_fields(tmp_path):
         load_config(config, ["train.lr"])
     with pytest.raises(ConfigError, match="train: unknown key 'lrr'"):
         load_config(config, ["train.lrr=1"])
+
+
+def test_init_from_moved_to_train_old_configs_still_load(tmp_path, caplog):
+    config = _config(tmp_path)
+    old = yaml.safe_load(config.read_text())
+    old["quant"] = {"init_from": "exp/float/avg.pt"}
+    config.write_text(yaml.safe_dump(old))
+    with caplog.at_level("WARNING", logger="q4asr.config"):
+        cfg = load_config(config)
+    assert cfg.train.init_from == "exp/float/avg.pt"
+    assert "quant.init_from is deprecated: it is now train.init_from" in caplog.text
+    assert "init_from" not in cfg.to_dict()["quant"]
+    # a checkpoint's config from before the move (init_from: null) loads silently
+    caplog.clear()
+    old_ckpt_config = {**cfg.to_dict(), "quant": {"plan": None, "init_from": None}}
+    assert Config.from_dict(old_ckpt_config).train.init_from == "exp/float/avg.pt"
+    assert "deprecated" not in caplog.text
+    with pytest.raises(ConfigError, match="keep only train.init_from"):
+        Config.from_dict(
+            {
+                "train": {"max_steps": 1, "init_from": "a.pt"},
+                "quant": {"init_from": "b"},
+            }
+        )
+    with pytest.raises(ConfigError, match="train.init_from: expected a path"):
+        Config.from_dict({"train": {"max_steps": 1, "init_from": 3}})
+
+
+def test_every_config_error_is_one_type():
+    from q4asr.quant import PlanError, load_plan
+    from q4asr.validation import ConfigError as BaseError
+
+    assert ConfigError is BaseError
+    with pytest.raises(BaseError, match="model.d_model: 30 must be divisible"):
+        ModelConfig(d_model=30, num_heads=4)
+    with pytest.raises(BaseError, match="train.lr: must be > 0"):
+        Config.from_dict({"train": {"max_steps": 1, "lr": 0}})
+    with pytest.raises(BaseError) as e:
+        load_plan("no/such/plan.yaml")
+    assert isinstance(e.value, PlanError)

@@ -5,7 +5,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from q4asr.data.kaldi import load_audio, read_kaldi_data_dir
+from q4asr.data.audio import load_audio
+from q4asr.data.kaldi import read_kaldi_data_dir
 
 
 def _tone(sr, seconds=0.5, freq=300.0):

@@ -30,8 +30,8 @@ import yaml
 from lhotse import load_manifest
 from recipes.fixtures import TINY_MODEL, tiny_train
 
+from q4asr.data.audio import load_audio
 from q4asr.data.features import fbank_extractor
-from q4asr.data.kaldi import load_audio
 from q4asr.decode.recognize import recognize_batch
 from q4asr.decode.search import greedy_search
 from q4asr.export.onnx_graph import export_onnx

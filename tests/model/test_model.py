@@ -25,9 +25,9 @@ def test_config_round_trip_and_errors():
         ModelConfig(d_model=30, num_heads=4)
     with pytest.raises(ValueError, match="conv_kernel"):
         ModelConfig(conv_kernel=4)
-    with pytest.raises(ValueError, match="unknown ModelConfig field.*'dmodel'"):
+    with pytest.raises(ValueError, match="model: unknown key 'dmodel'"):
         ModelConfig.from_dict({"dmodel": 3})
-    with pytest.raises(ValueError, match="ModelConfig.dropout"):
+    with pytest.raises(ValueError, match="model.dropout: must be in"):
         ModelConfig(dropout=1.5)
 
 

@@ -1,8 +1,8 @@
 """Tiny corpora laid out exactly like the real ones, with speech synthesised offline.
 
 Each generator writes the corpus's own directory layout and metadata files, with
-utterances spoken by espeak-ng through :func:`q4asr.data.synth.synth_chunk` (WordNet
-sentences from :mod:`q4asr.data.text`). Nothing is downloaded and no audio is committed.
+utterances spoken by espeak-ng through :func:`q4asr.corpora.synth.synth_chunk` (WordNet
+sentences from :mod:`q4asr.corpora.text`). Nothing is downloaded and no audio is committed.
 
 - :func:`make_librispeech`: ``LibriSpeech/<part>/<spk>/<chapter>/<spk>-<chapter>-<utt>.flac``
   and ``<spk>-<chapter>.trans.txt``.
@@ -24,9 +24,9 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from q4asr.data.kaldi import resample
-from q4asr.data.synth import UttPlan, synth_chunk
-from q4asr.data.text import TextConfig, load_sentences
+from q4asr.corpora.synth import UttSpec, synth_chunk
+from q4asr.corpora.text import TextConfig, load_sentences
+from q4asr.data.audio import resample
 
 VOICES = ("en-us+m1", "en-us+f2", "en+m3", "en-gb-x-rp+f3", "en-us+klatt")
 
@@ -64,21 +64,21 @@ def tiny_train(**overrides) -> dict:
 def speak(texts: list[str], out_dir: Path, tag: str, seed: int) -> list[np.ndarray]:
     """16 kHz float32 samples ``(S,)`` of each text, spoken by espeak-ng voices."""
     rng = random.Random(f"{seed}:{tag}")
-    plans = []
+    specs = []
     for i, t in enumerate(texts):
         voice = VOICES[rng.randrange(len(VOICES))]
-        plans.append(UttPlan(
+        specs.append(UttSpec(
             utt_id=f"{tag}-{i:04d}", split=tag, text=t, engine="espeak", voice=voice,
             speaker=voice, speed=rng.uniform(0.9, 1.2), pitch=rng.uniform(30, 70),
             peak_db=rng.uniform(1, 6), path=str(out_dir / f"{tag}-{i:04d}.flac")))
     out = []
-    for plan, rec, err in synth_chunk(plans):
+    for spec, rec, err in synth_chunk(specs):
         if rec is None:
-            raise RuntimeError(f"fixture speech for {plan.utt_id}: {err}")
-        x, sr = sf.read(plan.path, dtype="float32")
+            raise RuntimeError(f"fixture speech for {spec.utt_id}: {err}")
+        x, sr = sf.read(spec.path, dtype="float32")
         assert sr == 16000 and x.ndim == 1, (sr, x.shape)
         out.append(x)
-        Path(plan.path).unlink()
+        Path(spec.path).unlink()
     return out
 
 

@@ -98,6 +98,22 @@ def test_librispeech_recipe_end_to_end(tmp_path):
         r.stderr.replace("skip (done", "")
 
 
+def test_download_offline_is_one_line_naming_the_option(tmp_path):
+    """Stage 0 without the corpus and without a network: one line that says so and
+    names --corpus-dir (an unresolvable mirror stands for the network being down)."""
+    d = _recipe(tmp_path)
+    env = {**os.environ, "Q4ASR_ROOT": str(ROOT)}
+    cmd = [str(d / "run.sh"), "--stage", "0", "--stop-stage", "0", "--dl-dir",
+           str(tmp_path / "dl"), "--openslr-url", "http://openslr.invalid/resources"]
+    r = subprocess.run(cmd, cwd=d, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    errors = [line for line in r.stderr.splitlines() if "Stage 0" not in line]
+    assert len(errors) == 1, r.stderr
+    assert "cannot reach http://openslr.invalid/resources/12/" in errors[0]
+    assert "existing copy with --corpus-dir DIR" in errors[0]
+    assert not (tmp_path / "dl").exists()
+
+
 def test_readme_states_the_computed_parameter_count():
     """README's parameter counts are those of the configs (computed, not typed)."""
     from q4asr.model.config import ModelConfig

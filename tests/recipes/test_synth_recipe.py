@@ -54,6 +54,27 @@ def run(d: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return r
 
 
+def test_options_are_checked_and_the_rest_reach_the_template(tmp_path):
+    d = _recipe(tmp_path)
+    r = run(d, "--stage", "abc", check=False)
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [
+        f"{d / 'run.sh'}: option --stage takes a non-negative integer, not 'abc'"
+    ]
+    # options of the template only: checked at once, then passed on to it
+    r = run(d, "--calibration-batches", "x", check=False)
+    assert r.returncode == 1 and "--calibration-batches takes a non-negative" in r.stderr
+    assert not (d / "data").exists()
+    r = run(d, "--stage", "16", "--systems", "conf/none.yaml", check=False)
+    assert r.returncode == 1
+    assert "--systems conf/none.yaml: no such file" in r.stderr
+    r = run(d, "--stage", "16", "--max-steps", "many", check=False)
+    assert r.returncode == 1 and "--max-steps takes a non-negative integer" in r.stderr
+    r = run(d, "--stage", "17", "--stop-stage", "16", "--train-launcher", "torchrun",
+            "--calibration-batches", "3")
+    assert r.returncode == 0 and "unknown option" not in r.stderr
+
+
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory):
     return _recipe(tmp_path_factory.mktemp("synth"))

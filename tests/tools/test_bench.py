@@ -121,6 +121,35 @@ def test_small_json_has_every_field(small_run):
         assert set(g) == {"goal", "value", "met"} and isinstance(g["met"], bool)
 
 
+def test_goals_come_from_the_goals_file(tmp_path):
+    """The thresholds live in benchmarks/goals.yaml, not in the tool."""
+    r = {"a": {"x": 3.0, "y": 1.5}, "b": {"z": 2.0}}
+    path = tmp_path / "goals.yaml"
+    path.write_text(
+        "goals:\n"
+        "  - {goal: x >= 3, value: a.x, at_least: 3}\n"
+        "  - {goal: x > 3, value: a.x, above: 3}\n"
+        "  - {goal: x/y >= 2, value: a.x, over: a.y, at_least: 2}\n"
+        "  - {goal: peer, value: b.none, above: 1, optional: true}\n"
+    )
+    assert bench.goals(r, path) == [
+        {"goal": "x >= 3", "value": 3.0, "met": True},
+        {"goal": "x > 3", "value": 3.0, "met": False},
+        {"goal": "x/y >= 2", "value": 2.0, "met": True},
+    ]
+    with pytest.raises(KeyError):
+        bench.goals(r, _required(tmp_path))
+    # no threshold is typed into the tool itself
+    source = SCRIPT.read_text()
+    assert "7.7" not in source and ">= 3" not in source
+
+
+def _required(tmp_path):
+    path = tmp_path / "required.yaml"
+    path.write_text("goals:\n  - {goal: missing, value: b.none, above: 1}\n")
+    return path
+
+
 def test_markdown_is_generated_from_the_json(small_run):
     _, r, md = small_run
     assert md == bench.render_markdown(r)

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # The generic stages every q4asr corpus shares. A corpus recipe (egs/<corpus>/ASR/run.sh)
 # prepares lhotse manifests in DATA/manifests/<prefix>_{recordings,supervisions}_<part>.jsonl.gz,
-# then calls this script from its recipe dir with its options:
+# then calls this script from its recipe dir through lib.sh's run_template, which passes
+# the recipe's own values of the options it names, then fixed options, then every option
+# the recipe's command line gave that only this script defines (forward_to, see
+# tools/parse_options.sh):
 #
-#   ../../TEMPLATE/ASR/asr.sh --prefix synth --train-part train --dev-part dev \
-#     --test-parts "test test_heldout" --systems conf/systems.yaml --stage 10 "$@"
+#   forward_to=$Q4ASR_ROOT/egs/TEMPLATE/ASR/asr.sh   # before sourcing parse_options.sh
+#   ...
+#   run_template nj nbpe avg -- --prefix synth --test-parts "test test_heldout"
 #
 # Stages (each logged and timed; finished work is skipped through .done markers that are
 # written only on success; --stage/--stop-stage start and stop anywhere; DATA is --data-dir):
@@ -56,6 +60,8 @@ Q4ASR_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
 . "$Q4ASR_ROOT/tools/path.sh"
 . "$Q4ASR_ROOT/egs/TEMPLATE/ASR/lib.sh"
 
+[[ "$max_steps" =~ ^[0-9]*$ ]] || {
+  echo "$0: option --max-steps takes a non-negative integer, not '$max_steps'" >&2; exit 1; }
 [ -n "$prefix" ] || { echo "$0: --prefix is required (the manifests' corpus name)" >&2; exit 1; }
 [ -f "$systems" ] || { echo "$0: --systems $systems: no such file" >&2; exit 1; }
 manifest_dir=$data_dir/manifests

@@ -44,3 +44,18 @@ done_or_run() {
   mkdir -p "$(dirname "$marker")"
   touch "$marker"
 }
+
+# run_template VAR... [-- ARG...]: a corpus recipe's call of the template's stages
+# (egs/TEMPLATE/ASR/asr.sh), from max(stage, 10) to stop_stage, with each VAR passed as
+# its option (--var-name "$var"), then the ARGs, then every option the recipe left to the
+# template ("${forwarded[@]}", see tools/parse_options.sh: forward_to).
+run_template() {
+  local args=(--stage "$(( stage > 10 ? stage : 10 ))" --stop-stage "$stop_stage") v
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do
+    v=$1
+    args+=("--${v//_/-}" "${!v}")
+    shift
+  done
+  [ $# -gt 0 ] && shift
+  "$Q4ASR_ROOT/egs/TEMPLATE/ASR/asr.sh" "${args[@]}" "$@" ${forwarded[@]+"${forwarded[@]}"}
+}

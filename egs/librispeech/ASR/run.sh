@@ -8,10 +8,12 @@
 #   --dl-dir download         where stage 0 downloads LibriSpeech (skipped when
 #                             the corpus dir already exists)
 #   --corpus-dir DIR          an existing LibriSpeech dir (default: DL_DIR/LibriSpeech)
+#   --openslr-url URL         OpenSLR or one of its mirrors, for the download
 #   --train-parts "..."       training parts, muxed into one training set
 #   --train-launcher "torchrun --standalone --nproc-per-node 8"   one node, 8 GPUs; several
 #                             nodes: see README.md ("" = one process, no torchrun)
-# Stages: 0 download (lhotse download librispeech)
+#   any other option of egs/TEMPLATE/ASR/asr.sh (--max-steps, --systems...) is passed on
+# Stages: 0 download (lhotse's download_librispeech; offline: a one-line error)
 #         1 manifests (lhotse prepare librispeech) -> DATA/manifests/librispeech_*
 #         10-16 the template's (egs/TEMPLATE/ASR/asr.sh): fbank with speed perturbation
 #         0.9/1.1 on train, BPE 500, train, average, export, decode, report.
@@ -21,6 +23,7 @@ stage=0
 stop_stage=100
 dl_dir=download
 corpus_dir=
+openslr_url=http://www.openslr.org/resources
 nj=8
 train_parts="train-clean-100 train-clean-360 train-other-500"
 dev_part=dev-clean
@@ -28,17 +31,15 @@ test_parts="test-clean test-other"
 speed_perturb="0.9 1.1"
 nbpe=500
 avg=5
-max_steps=
-systems=conf/systems.yaml
 decode_methods="greedy_search modified_beam_search"
 train_launcher="torchrun --standalone --nproc-per-node 8"
 calibration_batches=32
 data_dir=data
 exp_dir=exp
-results_md=RESULTS.md
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
 Q4ASR_ROOT=${Q4ASR_ROOT:-$(cd ../../.. && pwd)}
+forward_to=$Q4ASR_ROOT/egs/TEMPLATE/ASR/asr.sh
 . "$Q4ASR_ROOT/tools/parse_options.sh"
 . "$Q4ASR_ROOT/tools/path.sh"
 . "$Q4ASR_ROOT/egs/TEMPLATE/ASR/lib.sh"
@@ -50,7 +51,8 @@ if run_stage 0 "download LibriSpeech to $dl_dir"; then
   if [ -d "$corpus_dir" ]; then
     log "skip: $corpus_dir exists"
   else
-    lhotse download librispeech --full "$dl_dir"
+    python -m q4asr.corpora.download librispeech "$dl_dir" --copy-option=--corpus-dir \
+      --base-url "$openslr_url"
   fi
   end_stage
 fi
@@ -64,11 +66,6 @@ if run_stage 1 "prepare lhotse manifests for $all_parts"; then
   end_stage
 fi
 
-"$Q4ASR_ROOT/egs/TEMPLATE/ASR/asr.sh" --stage "$(( stage > 10 ? stage : 10 ))" \
-  --stop-stage "$stop_stage" --prefix librispeech --train-part train \
-  --train-parts "$train_parts" --speed-perturb "$speed_perturb" --dev-part "$dev_part" \
-  --test-parts "$test_parts" --systems "$systems" --nbpe "$nbpe" --nj "$nj" --avg "$avg" \
-  --max-steps "$max_steps" --decode-methods "$decode_methods" \
-  --train-launcher "$train_launcher" --calibration-batches "$calibration_batches" \
-  --data-dir "$data_dir" --exp-dir "$exp_dir" --results-md "$results_md" \
-  --results-title "LibriSpeech"
+run_template nj train_parts speed_perturb dev_part test_parts nbpe avg decode_methods \
+  train_launcher calibration_batches data_dir exp_dir -- \
+  --prefix librispeech --train-part train --results-title LibriSpeech

@@ -12,9 +12,11 @@
 #   --cv-dir DIR   a Common Voice release (holds en/{train,dev,test}.tsv and en/clips/)
 #   --train-launcher "torchrun --nnodes 4 --nproc-per-node 8 --rdzv-backend c10d
 #                     --rdzv-endpoint HOST:29500 --rdzv-id multien"   (see README.md)
+#   --openslr-url URL   OpenSLR or one of its mirrors, for the LibriSpeech download
+#   any other option of egs/TEMPLATE/ASR/asr.sh (--max-steps, --systems...) is passed on
 # Stages: 0 download LibriSpeech if missing; check the other corpora
 #         1 LibriSpeech manifests (lhotse prepare librispeech)
-#         2 GigaSpeech manifests (python -m q4asr.data.multien gigaspeech)
+#         2 GigaSpeech manifests (python -m q4asr.corpora.multien gigaspeech)
 #         3 Common Voice manifests (lhotse prepare commonvoice -l en)
 #         4 one prefix, one transcript style: DATA/manifests/multien_*_<corpus>-<part>
 #         10-16 the template's (egs/TEMPLATE/ASR/asr.sh), the training parts muxed.
@@ -26,6 +28,7 @@ dl_dir=download
 ls_dir=
 gs_dir=
 cv_dir=
+openslr_url=http://www.openslr.org/resources
 nj=16
 ls_train_parts="train-clean-100 train-clean-360 train-other-500"
 ls_test_parts="test-clean test-other"
@@ -36,17 +39,15 @@ cv_train_part=train
 cv_test_parts=test
 nbpe=500
 avg=5
-max_steps=
-systems=conf/systems.yaml
 decode_methods="greedy_search modified_beam_search"
 train_launcher="torchrun --standalone --nproc-per-node 8"
 calibration_batches=32
 data_dir=data
 exp_dir=exp
-results_md=RESULTS.md
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
 Q4ASR_ROOT=${Q4ASR_ROOT:-$(cd ../../.. && pwd)}
+forward_to=$Q4ASR_ROOT/egs/TEMPLATE/ASR/asr.sh
 . "$Q4ASR_ROOT/tools/parse_options.sh"
 . "$Q4ASR_ROOT/tools/path.sh"
 . "$Q4ASR_ROOT/egs/TEMPLATE/ASR/lib.sh"
@@ -73,7 +74,8 @@ need_dir() {  # need_dir DIR WHAT
 
 if run_stage 0 "download LibriSpeech if missing; check GigaSpeech and Common Voice"; then
   if [ -d "$ls_dir" ]; then log "skip: $ls_dir exists"; else
-    lhotse download librispeech --full "$dl_dir"
+    python -m q4asr.corpora.download librispeech "$dl_dir" --copy-option=--ls-dir \
+      --base-url "$openslr_url"
   fi
   need_dir "$gs_dir" "--gs-dir (GigaSpeech)"
   need_dir "$cv_dir" "--cv-dir (Common Voice)"
@@ -92,7 +94,7 @@ fi
 if run_stage 2 "GigaSpeech manifests: $gs_parts"; then
   need_dir "$gs_dir" "--gs-dir (GigaSpeech)"
   done_or_run "$manifests/.gigaspeech.done" \
-    python -m q4asr.data.multien gigaspeech "$gs_dir" "$manifests" --parts $gs_parts
+    python -m q4asr.corpora.multien gigaspeech "$gs_dir" "$manifests" --parts $gs_parts
   end_stage
 fi
 
@@ -107,16 +109,12 @@ fi
 
 if run_stage 4 "normalise transcripts into multien_* manifests"; then
   done_or_run "$manifests/.multien.done" \
-    python -m q4asr.data.multien combine --manifests "$manifests" --out-dir "$manifests" \
+    python -m q4asr.corpora.multien combine --manifests "$manifests" --out-dir "$manifests" \
       --prefix multien "${specs[@]}"
   end_stage
 fi
 
-"$Q4ASR_ROOT/egs/TEMPLATE/ASR/asr.sh" --stage "$(( stage > 10 ? stage : 10 ))" \
-  --stop-stage "$stop_stage" --prefix multien --train-part train \
-  --train-parts "${train_parts[*]}" --dev-part "ls-$ls_dev_part" \
-  --test-parts "${test_parts[*]}" --systems "$systems" --nbpe "$nbpe" --nj "$nj" \
-  --avg "$avg" --max-steps "$max_steps" --decode-methods "$decode_methods" \
-  --train-launcher "$train_launcher" --calibration-batches "$calibration_batches" \
-  --data-dir "$data_dir" --exp-dir "$exp_dir" --results-md "$results_md" \
+run_template nj nbpe avg decode_methods train_launcher calibration_batches data_dir exp_dir -- \
+  --prefix multien --train-part train --train-parts "${train_parts[*]}" \
+  --dev-part "ls-$ls_dev_part" --test-parts "${test_parts[*]}" \
   --results-title "multien (LibriSpeech + GigaSpeech + Common Voice)"

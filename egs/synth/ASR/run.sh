@@ -5,6 +5,8 @@
 # conf/systems.yaml: float32, PTQ int8/int4, native QAT W8A8/W4A8/W4A4, mixed 4/8.
 #
 # Usage: ./run.sh [--stage N] [--stop-stage N] [--quick true] [--nj 2] [--seed 1] ...
+#   any option of egs/TEMPLATE/ASR/asr.sh (--max-steps, --calibration-batches,
+#   --train-launcher...) is passed on to it
 #   --decode-methods "greedy_search"   greedy search only (default: greedy and modified
 #                  beam search, both reported for every system)
 #   --quick true   a small corpus and small models: every stage in a few minutes
@@ -25,24 +27,24 @@ num_test=300
 vocab_size=5000
 nbpe=128
 avg=3
-max_steps=
 systems=conf/systems.yaml
 decode_methods="greedy_search modified_beam_search"
+data_dir=data
+exp_dir=exp
+results_md=RESULTS.md
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
 Q4ASR_ROOT=${Q4ASR_ROOT:-$(cd ../../.. && pwd)}
+forward_to=$Q4ASR_ROOT/egs/TEMPLATE/ASR/asr.sh
 . "$Q4ASR_ROOT/tools/parse_options.sh"
 . "$Q4ASR_ROOT/tools/path.sh"
 . "$Q4ASR_ROOT/egs/TEMPLATE/ASR/lib.sh"
 
-data_dir=data
-exp_dir=exp
-results_md=RESULTS.md
 if $quick; then
   num_train=400 num_dev=30 num_test=30 vocab_size=300 nbpe=128 avg=2
   systems=conf/quick/systems.yaml
   decode_methods=greedy_search
-  data_dir=data/quick exp_dir=exp/quick results_md=exp/quick/RESULTS.md
+  data_dir=$data_dir/quick exp_dir=$exp_dir/quick results_md=$exp_dir/RESULTS.md
   mkdir -p "$exp_dir"
   [ -f "$results_md" ] || cat > "$results_md" <<'EOF'
 # Quick demo (`run.sh --quick true`): a check of the stages, not of accuracy
@@ -56,15 +58,12 @@ fi
 
 if run_stage 0 "synthesize the corpus: $num_train/$num_dev/$num_test utterances"; then
   done_or_run "$data_dir/manifests/.synth.done" \
-    python -m q4asr.data.synth --out-dir "$data_dir" --num-train "$num_train" \
+    python -m q4asr.corpora.synth --out-dir "$data_dir" --num-train "$num_train" \
       --num-dev "$num_dev" --num-test "$num_test" --vocab-size "$vocab_size" \
       --seed "$seed" --nj "$nj"
   end_stage
 fi
 
-"$Q4ASR_ROOT/egs/TEMPLATE/ASR/asr.sh" --stage "$(( stage > 10 ? stage : 10 ))" \
-  --stop-stage "$stop_stage" --prefix synth --train-part train --dev-part dev \
-  --test-parts "test test_heldout" --systems "$systems" --nbpe "$nbpe" --nj "$nj" \
-  --avg "$avg" --max-steps "$max_steps" --decode-methods "$decode_methods" \
-  --data-dir "$data_dir" --exp-dir "$exp_dir" --results-md "$results_md" \
+run_template nj nbpe avg systems decode_methods data_dir exp_dir results_md -- \
+  --prefix synth --test-parts "test test_heldout" \
   --results-title "synth$($quick && echo ' (quick)')"

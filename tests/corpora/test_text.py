@@ -2,7 +2,7 @@
 
 import pytest
 
-from q4asr.data.text import (
+from q4asr.corpora.text import (
     TextConfig,
     cap_vocabulary,
     load_sentences,

@@ -7,14 +7,14 @@ from dataclasses import replace
 import pytest
 from lhotse import load_manifest
 
-from q4asr.data.synth import (
+from q4asr.corpora.synth import (
     SPLITS,
     SynthConfig,
-    make_plan,
+    make_specs,
     synth_chunk,
     synthesize_corpus,
 )
-from q4asr.data.text import TextConfig, load_sentences
+from q4asr.corpora.text import TextConfig, load_sentences
 
 
 @pytest.fixture(scope="module")
@@ -22,18 +22,20 @@ def sentences():
     return load_sentences(TextConfig(vocab_size=400, min_words=2, max_words=5), seed=7)
 
 
-def test_plan_splits_by_sentence_and_holds_out_voices(sentences, tmp_path):
+def test_specs_splits_by_sentence_and_holds_out_voices(sentences, tmp_path):
     cfg = SynthConfig(num_train=3 * len(sentences), num_dev=30, num_test=30, seed=7)
-    plan = make_plan(cfg, tmp_path, sentences)
-    text = {s: {p.text for p in plan[s]} for s in SPLITS}
+    by_split = make_specs(cfg, tmp_path, sentences)
+    text = {s: {p.text for p in by_split[s]} for s in SPLITS}
     assert len(text["test"]) == 30 and len(text["dev"]) == 30
     assert not text["test"] & (text["train"] | text["dev"])
     assert not text["dev"] & text["train"]
     # train reuses its own sentences when asked for more utterances than exist
-    assert len(plan["train"]) == cfg.num_train
+    assert len(by_split["train"]) == cfg.num_train
     assert text["train"] == set(sentences) - text["test"] - text["dev"]
-    assert [p.text for p in plan["test_heldout"]] == [p.text for p in plan["test"]]
-    voices = {s: {(p.engine, p.voice) for p in plan[s]} for s in SPLITS}
+    assert [p.text for p in by_split["test_heldout"]] == [
+        p.text for p in by_split["test"]
+    ]
+    voices = {s: {(p.engine, p.voice) for p in by_split[s]} for s in SPLITS}
     seen = voices["train"] | voices["dev"] | voices["test"]
     assert not voices["test_heldout"] & seen
     variants = {v.split("+")[-1] for e, v in seen if e == "espeak"}
@@ -41,17 +43,17 @@ def test_plan_splits_by_sentence_and_holds_out_voices(sentences, tmp_path):
         v.split("+")[-1] for e, v in voices["test_heldout"] if e == "espeak"
     }
     assert not variants & held_variants
-    assert len({p.engine for p in plan["train"]}) == 3  # espeak, flite, festival
-    assert len({p.utt_id for s in SPLITS for p in plan[s]}) == sum(
-        map(len, plan.values())
+    assert len({p.engine for p in by_split["train"]}) == 3  # espeak, flite, festival
+    assert len({p.utt_id for s in SPLITS for p in by_split[s]}) == sum(
+        map(len, by_split.values())
     )
 
 
-def test_plan_is_deterministic(sentences, tmp_path):
+def test_specs_is_deterministic(sentences, tmp_path):
     cfg = SynthConfig(num_train=50, num_dev=5, num_test=5, seed=1)
-    assert make_plan(cfg, tmp_path, sentences) == make_plan(cfg, tmp_path, sentences)
-    other = make_plan(replace(cfg, seed=2), tmp_path, sentences)
-    assert other != make_plan(cfg, tmp_path, sentences)
+    assert make_specs(cfg, tmp_path, sentences) == make_specs(cfg, tmp_path, sentences)
+    other = make_specs(replace(cfg, seed=2), tmp_path, sentences)
+    assert other != make_specs(cfg, tmp_path, sentences)
 
 
 def _manifest_rows(root, split):
@@ -86,7 +88,7 @@ def test_synthesis_deterministic_resumable(sentences, tmp_path):
 
 def test_tts_failure_is_logged_and_skipped(sentences, tmp_path, caplog, monkeypatch):
     cfg = SynthConfig(num_train=2, num_dev=1, num_test=1, seed=0)
-    good = make_plan(cfg, tmp_path, sentences)["train"][0]
+    good = make_specs(cfg, tmp_path, sentences)["train"][0]
     bad = replace(
         good,
         utt_id="train-bad",
@@ -97,14 +99,14 @@ def test_tts_failure_is_logged_and_skipped(sentences, tmp_path, caplog, monkeypa
     res = synth_chunk([bad, good])
     assert res[0][1] is None and "festival" in res[0][2]
     assert res[1][1] is not None and res[1][1].duration > 0.3
-    from q4asr.data import synth as synth_mod
+    from q4asr.corpora import synth as synth_mod
 
     def with_bad(config, out_dir, sents=None):
-        plan = make_plan(config, out_dir, sents)
-        plan["train"] = plan["train"] + [bad]
-        return plan
+        by_split = make_specs(config, out_dir, sents)
+        by_split["train"] = by_split["train"] + [bad]
+        return by_split
 
-    monkeypatch.setattr(synth_mod, "make_plan", with_bad)
+    monkeypatch.setattr(synth_mod, "make_specs", with_bad)
     with caplog.at_level(logging.WARNING):
         stats = synthesize_corpus(cfg, tmp_path, sentences=sentences, progress=False)
     assert stats["num_failed"] == 1

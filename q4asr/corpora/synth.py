@@ -1,6 +1,6 @@
 """A synthetic English speech corpus made offline with Debian's speech synthesisers.
 
-Sentences come from :mod:`q4asr.data.text` (WordNet examples, vocabulary-capped) and
+Sentences come from :mod:`q4asr.corpora.text` (WordNet examples, vocabulary-capped) and
 are split by *sentence*: no test sentence is in train or dev, no dev sentence in
 train. Each utterance is spoken by one voice of espeak-ng, flite or festival with a
 speaker-level speed/pitch variation plus a small per-utterance jitter, then
@@ -18,7 +18,7 @@ Speakers: a speaker is a voice plus one of ``NUM_VARIATIONS`` variations
 
 Usage::
 
-    python -m q4asr.data.synth --out-dir data/synth --num-train 12000 \\
+    python -m q4asr.corpora.synth --out-dir data/synth --num-train 12000 \\
         --num-dev 300 --num-test 300 --seed 1 --nj 2 [--vocab-size 3000]
 
 Outputs ``OUT/wav/<split>/<utt>.flac`` and
@@ -53,7 +53,7 @@ from lhotse import (
 )
 from tqdm import tqdm
 
-from q4asr.data.text import TextConfig, load_sentences
+from q4asr.corpora.text import TextConfig, load_sentences
 from q4asr.utils import setup_logging
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class Voice:
 
 
 @dataclass(frozen=True)
-class UttPlan:
+class UttSpec:
     """Everything needed to synthesise one utterance, fixed by the seed."""
 
     utt_id: str
@@ -217,12 +217,12 @@ class SynthConfig:
         TextConfig(self.vocab_size, self.min_words, self.max_words)  # validates those
 
 
-def make_plan(
+def make_specs(
     config: SynthConfig, out_dir: str | Path, sentences: Sequence[str] | None = None
-) -> dict[str, list[UttPlan]]:
+) -> dict[str, list[UttSpec]]:
     """The utterances of every split; a pure function of ``config`` and ``sentences``.
 
-    ``sentences`` defaults to :func:`q4asr.data.text.load_sentences`. Test sentences
+    ``sentences`` defaults to :func:`q4asr.corpora.text.load_sentences`. Test sentences
     are the first ``num_test`` of the shuffled list, dev the next ``num_dev``, train
     cycles through the rest (reshuffled each pass) when it needs more utterances
     than sentences.
@@ -255,11 +255,11 @@ def make_plan(
 
     def assign(
         split: str, texts: list[str], groups: dict[str, list[Voice]]
-    ) -> list[UttPlan]:
+    ) -> list[UttSpec]:
         engines = sorted(groups)
         weights = [ENGINE_WEIGHTS[e] for e in engines]
         srng = random.Random(f"{config.seed}:{split}")
-        plans = []
+        specs = []
         for i, text in enumerate(texts):
             engine = srng.choices(engines, weights)[0]
             voice = srng.choice(groups[engine])
@@ -270,8 +270,8 @@ def make_plan(
                 srng.uniform(-5, 5) if engine == "espeak" else srng.uniform(-50, 50)
             )
             utt_id = f"{split}-{i:06d}"
-            plans.append(
-                UttPlan(
+            specs.append(
+                UttSpec(
                     utt_id=utt_id,
                     split=split,
                     text=text,
@@ -286,7 +286,7 @@ def make_plan(
                     ),
                 )
             )
-        return plans
+        return specs
 
     return {
         "train": assign("train", train_s, seen),
@@ -304,15 +304,15 @@ def _audio_ok(path: str | Path) -> bool:
         return False
 
 
-def _sox_finish(raw: Path, plan: UttPlan) -> None:
+def _sox_finish(raw: Path, spec: UttSpec) -> None:
     """Resample ``raw`` to 16 kHz mono 16-bit, shift pitch, normalise; atomic write."""
-    final = Path(plan.path)
+    final = Path(spec.path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.stem}.tmp{final.suffix}")
     effects: list[str] = []
-    if plan.engine != "espeak" and abs(plan.pitch) >= 1:
-        effects += ["pitch", f"{plan.pitch:.0f}"]
-    effects += ["rate", str(SAMPLE_RATE), "norm", f"-{plan.peak_db}"]
+    if spec.engine != "espeak" and abs(spec.pitch) >= 1:
+        effects += ["pitch", f"{spec.pitch:.0f}"]
+    effects += ["rate", str(SAMPLE_RATE), "norm", f"-{spec.peak_db}"]
     cmd = ["sox", "-V1", str(raw), "-c", "1", "-b", "16", str(tmp), *effects]
     subprocess.run(cmd, check=True, capture_output=True, timeout=60)
     if not _audio_ok(tmp) or sf.info(str(tmp)).duration < 0.1:
@@ -321,75 +321,75 @@ def _sox_finish(raw: Path, plan: UttPlan) -> None:
     os.replace(tmp, final)
 
 
-def _run_espeak(plan: UttPlan, raw: Path) -> None:
-    wpm = max(80, min(450, round(175 * plan.speed)))
-    pitch = max(0, min(99, round(plan.pitch)))
+def _run_espeak(spec: UttSpec, raw: Path) -> None:
+    wpm = max(80, min(450, round(175 * spec.speed)))
+    pitch = max(0, min(99, round(spec.pitch)))
     cmd = [
         "espeak-ng",
         "-v",
-        plan.voice,
+        spec.voice,
         "-s",
         str(wpm),
         "-p",
         str(pitch),
         "-w",
         str(raw),
-        plan.text.lower(),
+        spec.text.lower(),
     ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=60)
 
 
-def _run_flite(plan: UttPlan, raw: Path) -> None:
+def _run_flite(spec: UttSpec, raw: Path) -> None:
     cmd = [
         "flite",
         "-voice",
-        plan.voice,
+        spec.voice,
         "--setf",
-        f"duration_stretch={1.0 / plan.speed:.3f}",
+        f"duration_stretch={1.0 / spec.speed:.3f}",
         "-t",
-        plan.text.lower(),
+        spec.text.lower(),
         "-o",
         str(raw),
     ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=60)
 
 
-def _run_festival(plans: Sequence[UttPlan], raws: Sequence[Path], tmp: Path) -> None:
+def _run_festival(specs: Sequence[UttSpec], raws: Sequence[Path], tmp: Path) -> None:
     """One festival process for several utterances of one voice (start-up is slow)."""
-    voice = plans[0].voice
-    assert all(p.voice == voice for p in plans), "one voice per festival batch"
+    voice = specs[0].voice
+    assert all(p.voice == voice for p in specs), "one voice per festival batch"
     lines = [f"(voice_{voice})"]
-    for p, raw in zip(plans, raws):
+    for p, raw in zip(specs, raws):
         text = p.text.lower().replace("\\", "").replace('"', "")
         lines.append(f"(Parameter.set 'Duration_Stretch {1.0 / p.speed:.3f})")
         lines.append(
             f'(utt.save.wave (utt.synth (Utterance Text "{text}")) "{raw}" \'riff)'
         )
-    script = tmp / f"batch_{plans[0].utt_id}.scm"
+    script = tmp / f"batch_{specs[0].utt_id}.scm"
     script.write_text("\n".join(lines) + "\n")
     subprocess.run(
         ["festival", "-b", str(script)],
         capture_output=True,
-        timeout=60 + 10 * len(plans),
+        timeout=60 + 10 * len(specs),
     )
 
 
 def synth_chunk(
-    plans: Sequence[UttPlan],
-) -> list[tuple[UttPlan, Recording | None, str]]:
-    """Synthesise ``plans`` (skipping those already on disk).
+    specs: Sequence[UttSpec],
+) -> list[tuple[UttSpec, Recording | None, str]]:
+    """Synthesise ``specs`` (skipping those already on disk).
 
-    Returns (plan, recording or None, error message) per plan; never raises for
+    Returns (spec, recording or None, error message) per spec; never raises for
     a single utterance's failure.
     """
-    results: list[tuple[UttPlan, Recording | None, str]] = []
-    todo = [p for p in plans if not _audio_ok(p.path)]
+    results: list[tuple[UttSpec, Recording | None, str]] = []
+    todo = [p for p in specs if not _audio_ok(p.path)]
     errors: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="q4asr_synth_") as td:
         tmp = Path(td)
         raw = {p.utt_id: tmp / f"{p.utt_id}.raw.wav" for p in todo}
         # festival: one process per voice, then one retry each for what is missing
-        fest: dict[str, list[UttPlan]] = {}
+        fest: dict[str, list[UttSpec]] = {}
         for p in todo:
             if p.engine == "festival":
                 fest.setdefault(p.voice, []).append(p)
@@ -422,7 +422,7 @@ def synth_chunk(
                 )
             except Exception as e:
                 errors[p.utt_id] = f"{type(e).__name__}: {e}"
-    for p in plans:
+    for p in specs:
         if p.utt_id in errors:
             results.append((p, None, errors[p.utt_id]))
             continue
@@ -434,7 +434,7 @@ def synth_chunk(
 
 
 def _write_manifests(
-    out_dir: Path, split: str, done: list[tuple[UttPlan, Recording]], prefix: str
+    out_dir: Path, split: str, done: list[tuple[UttSpec, Recording]], prefix: str
 ) -> None:
     recs = RecordingSet.from_recordings(r for _, r in done)
     sups = SupervisionSet.from_segments(
@@ -481,21 +481,21 @@ def synthesize_corpus(
     this call), ``num_utts``, ``num_failed``.
     """
     out_dir = Path(out_dir)
-    plan = make_plan(config, out_dir, sentences)
-    all_plans = [p for s in SPLITS for p in plan[s]]
-    pre_done = {p.utt_id for p in all_plans if _audio_ok(p.path)}
+    by_split = make_specs(config, out_dir, sentences)
+    all_specs = [p for s in SPLITS for p in by_split[s]]
+    pre_done = {p.utt_id for p in all_specs if _audio_ok(p.path)}
     # chunks mix splits but keep festival voices together for batching
-    order = sorted(all_plans, key=lambda p: (p.engine != "festival", p.voice, p.utt_id))
+    order = sorted(all_specs, key=lambda p: (p.engine != "festival", p.voice, p.utt_id))
     chunks = [order[i : i + chunk_size] for i in range(0, len(order), chunk_size)]
-    results: dict[str, tuple[UttPlan, Recording]] = {}
+    results: dict[str, tuple[UttSpec, Recording]] = {}
     failed = 0
     new_audio = 0.0
     t0 = time.time()
     bar = tqdm(
-        total=len(all_plans), desc="synthesising", unit="utt", disable=not progress
+        total=len(all_specs), desc="synthesising", unit="utt", disable=not progress
     )
 
-    def collect(res: list[tuple[UttPlan, Recording | None, str]]) -> None:
+    def collect(res: list[tuple[UttSpec, Recording | None, str]]) -> None:
         nonlocal failed, new_audio
         for p, rec, err in res:
             if rec is None:
@@ -519,9 +519,9 @@ def synthesize_corpus(
     wall = time.time() - t0
     audio = 0.0
     for split in SPLITS:
-        done = [results[p.utt_id] for p in plan[split] if p.utt_id in results]
+        done = [results[p.utt_id] for p in by_split[split] if p.utt_id in results]
         if not done:
-            if plan[split]:
+            if by_split[split]:
                 raise RuntimeError(
                     f"{out_dir}: no utterance of {split} was synthesised"
                 )

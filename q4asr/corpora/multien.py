@@ -3,8 +3,8 @@
 Used by ``egs/multien/ASR`` (LibriSpeech + GigaSpeech + Common Voice English). Two
 commands::
 
-    python -m q4asr.data.multien gigaspeech CORPUS_DIR OUT_DIR --parts XL DEV TEST
-    python -m q4asr.data.multien combine --manifests data/manifests --out-dir data/manifests \\
+    python -m q4asr.corpora.multien gigaspeech CORPUS_DIR OUT_DIR --parts XL DEV TEST
+    python -m q4asr.corpora.multien combine --manifests data/manifests --out-dir data/manifests \\
         --part ls-train-clean-100=librispeech:train-clean-100 --part gs-XL=gigaspeech:XL \\
         --part cv-train=cv:en_train ...
 
