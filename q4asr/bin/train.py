@@ -60,6 +60,7 @@ from q4asr.data.datamodule import (
     restore_sampler,
     sampler_state,
 )
+from q4asr.data.shar import make_train_loader
 from q4asr.data.tokenizer import Tokenizer
 from q4asr.utils import atomic_write, setup_logging
 
@@ -74,7 +75,12 @@ def get_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", required=True, help="training YAML (model/train/quant)")
     p.add_argument("--exp-dir", required=True, help="output directory")
-    p.add_argument("--train-cuts", required=True, help="training cut manifest")
+    p.add_argument(
+        "--train-cuts",
+        required=True,
+        help="training cut manifest, or Lhotse Shar shards (a directory or its "
+        "shar_index.json)",
+    )
     p.add_argument("--valid-cuts", default=None, help="validation cut manifest")
     p.add_argument("--bpe-model", required=True, help="sentencepiece .model")
     p.add_argument("--plan", default=None, help="precision plan (sets quant.plan)")
@@ -387,11 +393,10 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
         num_mel_bins=int(model_cfg_dict["num_mel_bins"]),
         max_utterance_duration=tc.max_utterance_duration,
     )
-    train_data = make_loader(
+    train_data = make_train_loader(
         args.train_cuts,
         tokenizer,
         spec,
-        train=True,
         world_size=d.world_size,
         rank=d.rank,
     )

@@ -1,0 +1,212 @@
+"""Lhotse Shar shards: writing, splitting across ranks and workers, per-epoch shuffling,
+resuming a stream where it stopped, and the order of a resumed epoch."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+from lhotse import CutSet
+
+from q4asr.data.datamodule import DataSpec, restore_sampler, sampler_state
+from q4asr.data.shar import (
+    INDEX,
+    SharStream,
+    _in_order,
+    is_shar,
+    main,
+    make_train_loader,
+    shar_fields,
+    write_shar,
+)
+from q4asr.data.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_corpus):
+    return Tokenizer(tiny_corpus.bpe_model)
+
+
+@pytest.fixture(scope="module")
+def shards(tiny_corpus, tmp_path_factory):
+    """The tiny corpus's 40 training cuts in 8 shards of 5."""
+    out = tmp_path_factory.mktemp("shar") / "train"
+    write_shar(tiny_corpus.cuts["train"], out, ["features"], shard_size=5)
+    return out
+
+
+def _spec(**kw) -> DataSpec:
+    d = dict(max_duration=6.0, num_buckets=2, seed=3, num_workers=0)
+    d.update(kw)
+    return DataSpec(**d)
+
+
+def _ids(batches) -> list[list[str]]:
+    return [b["cut_ids"] for b in batches]
+
+
+def test_write_keeps_every_cut_and_its_features(tiny_corpus, shards):
+    index = json.loads((shards / INDEX).read_text())
+    assert set(index) == {"cuts", "features"}
+    assert len(index["cuts"]) == len(index["features"]) == 8
+    assert all((shards / p).is_file() for p in index["cuts"] + index["features"])
+    assert is_shar(shards) and is_shar(shards / INDEX)
+    assert not is_shar(tiny_corpus.cuts["train"])
+    src = {c.id: c for c in CutSet.from_file(tiny_corpus.cuts["train"])}
+    got = CutSet.from_shar(fields=shar_fields(shards))
+    seen = []
+    for c in got:
+        a, b = src[c.id].load_features(), c.load_features()
+        assert a.shape == b.shape
+        # lilcom again on lilcom-decoded features: within lilcom's own precision
+        np.testing.assert_allclose(a, b, atol=0.05 * float(np.abs(a).max()))
+        assert c.supervisions[0].text == src[c.id].supervisions[0].text
+        seen.append(c.id)
+    assert sorted(seen) == sorted(src)
+
+
+def test_write_errors_name_the_problem(tiny_corpus, shards, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.jsonl.gz: no such cut manifest"):
+        write_shar(tmp_path / "nope.jsonl.gz", tmp_path / "x")
+    with pytest.raises(ValueError, match="already exists"):
+        write_shar(tiny_corpus.cuts["train"], shards)
+    with pytest.raises(ValueError, match="must be one of"):
+        write_shar(tiny_corpus.cuts["train"], tmp_path / "x", ["fbank"])
+    assert not (tmp_path / "x").exists()
+    # the CLI: one line, exit status 1, no output directory left behind
+    assert (
+        main(
+            [
+                "write",
+                "--cuts",
+                str(tmp_path / "no.jsonl.gz"),
+                "--out-dir",
+                str(tmp_path / "y"),
+            ]
+        )
+        == 1
+    )
+    assert not (tmp_path / "y").exists()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / INDEX).write_text(json.dumps({"cuts": ["a", "b"], "features": ["a"]}))
+    with pytest.raises(
+        ValueError, match="field 'features' lists 1 shards, 'cuts' lists 2"
+    ):
+        shar_fields(bad)
+    with pytest.raises(FileNotFoundError, match="no Shar index"):
+        shar_fields(tmp_path)
+
+
+def test_jsonl_stays_the_default(tiny_corpus, tok):
+    from lhotse.dataset import DynamicBucketingSampler
+
+    data = make_train_loader(tiny_corpus.cuts["train"], tok, _spec())
+    assert isinstance(data.sampler, DynamicBucketingSampler)
+
+
+def _epoch(path, tok, spec, epoch, rank=0, world_size=1, monkeypatch=None):
+    if monkeypatch is not None:  # what torchrun sets; lhotse splits shards by it
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", str(world_size))
+    stream = make_train_loader(path, tok, spec).loader  # no gather: one process
+    stream.set_epoch(epoch)
+    return list(stream)
+
+
+def test_shards_split_across_ranks_and_workers_without_overlap(
+    shards, tok, monkeypatch
+):
+    spec = _spec(num_workers=2)
+    per_rank = []
+    for rank in (0, 1):
+        batches = _epoch(shards, tok, spec, 0, rank, 2, monkeypatch)
+        workers = {b["stream"]["worker"] for b in batches}
+        assert workers == {0, 1}  # both dataloader workers gave batches
+        ids = [i for b in _ids(batches) for i in b]
+        per_rank.append(ids)
+        assert len(ids) == len(set(ids))
+        assert all(b["duration"] <= 6.0 + 1e-6 for b in batches)
+    # 8 shards / (2 ranks x 2 workers): each rank reads 4 shards, 20 distinct cuts
+    assert len(per_rank[0]) == len(per_rank[1]) == 20
+    assert not set(per_rank[0]) & set(per_rank[1])
+
+
+def test_epochs_reshuffle_the_shards(shards, tok):
+    spec = _spec()
+    e0 = [i for b in _ids(_epoch(shards, tok, spec, 0)) for i in b]
+    e1 = [i for b in _ids(_epoch(shards, tok, spec, 1)) for i in b]
+    again = [i for b in _ids(_epoch(shards, tok, spec, 0)) for i in b]
+    assert sorted(e0) == sorted(e1) and len(e0) == 40
+    assert e0 != e1  # another order
+    assert e0 == again  # the same seed and epoch: the same order
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resumed_stream_continues_with_the_next_batch(shards, tok, num_workers):
+    spec = _spec(num_workers=num_workers)
+    full = make_train_loader(shards, tok, spec)
+    full.sampler.set_epoch(1)
+    ref = _ids(full.loader)
+    for stop in (1, 3, len(ref) - 1):
+        first = make_train_loader(shards, tok, spec)
+        first.sampler.set_epoch(1)
+        taken = _ids(itertools.islice(first.loader, stop))
+        state = sampler_state(first.sampler, 1, stop)
+        assert state["epoch"] == 1 and state["batches_done"] == stop
+        assert sum(state["batches"][0]) == stop
+        assert sum(state["cuts"][0]) == sum(len(b) for b in taken)
+        state = json.loads(json.dumps(state))  # as stored: plain data
+        second = make_train_loader(shards, tok, spec)
+        restore_sampler(second.sampler, state)
+        second.sampler.set_epoch(1)
+        rest = _ids(second.loader)
+        assert taken + rest == ref, stop  # nothing repeated or skipped, same order
+        second.sampler.set_epoch(2)  # the next epoch starts from its beginning
+        assert sum(len(b) for b in _ids(second.loader)) == 40
+
+
+def test_a_changed_layout_restarts_the_epoch(shards, tok, caplog):
+    a = make_train_loader(shards, tok, _spec(num_workers=0))
+    a.sampler.set_epoch(0)
+    next(iter(a.loader))
+    state = sampler_state(a.sampler, 0, 1)
+    b = make_train_loader(shards, tok, _spec(num_workers=2))
+    restore_sampler(b.sampler, state)
+    assert "restarts from its first shard" in caplog.text
+    b.sampler.set_epoch(0)
+    assert sum(len(x) for x in _ids(b.loader)) == 40
+    jsonl_state = {"epoch": 0, "batches_done": 1}
+    with pytest.raises(ValueError, match="not a Shar stream's"):
+        restore_sampler(b.sampler, jsonl_state)
+
+
+def test_too_few_shards_for_the_ranks(shards, tok):
+    with pytest.raises(ValueError, match="8 Shar shards for 9 ranks"):
+        SharStream(shar_fields(shards), tok, _spec(), None, world_size=9, rank=0)
+
+
+def _dataloader_order(counts: list[int]) -> list[tuple[int, int]]:
+    """(worker, local batch) in the order a DataLoader yields K workers' batches."""
+    out = []
+    for r in range(max(counts)):
+        out += [(k, r) for k in range(len(counts)) if r < counts[k]]
+    return out
+
+
+@pytest.mark.parametrize("counts", [[3, 3], [4, 2], [1, 5, 3], [2, 2, 2, 0]])
+def test_in_order_matches_an_uninterrupted_dataloader(counts):
+    ref = _dataloader_order(counts)
+    for cut in range(len(ref) + 1):
+        done = ref[:cut]
+        offsets = [sum(1 for k, _ in done if k == w) for w in range(len(counts))]
+        left = [c - o for c, o in zip(counts, offsets)]
+        # the resumed DataLoader's order: local rounds of what each worker has left
+        resumed = [
+            {"stream": {"worker": k}, "id": (k, offsets[k] + s)}
+            for k, s in _dataloader_order(left)
+        ]
+        got = [b["id"] for b in _in_order(iter(resumed), offsets)]
+        assert got == ref[cut:], (counts, cut)
