@@ -337,8 +337,13 @@ class SharStream:
         self.dataset = SharEpoch(
             fields, ShardBatches(tokenizer, spec, cut_filter), spec
         )
+        # its own generator: starting an epoch draws no number from the global torch
+        # RNG, so a run resumed mid-epoch keeps the uninterrupted run's dropout
         self.loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=None, num_workers=spec.num_workers
+            self.dataset,
+            batch_size=None,
+            num_workers=spec.num_workers,
+            generator=torch.Generator().manual_seed(spec.seed),
         )
         self.epoch = 0
         self._resume: dict[str, Any] | None = None
