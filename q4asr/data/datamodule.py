@@ -232,12 +232,15 @@ def make_sampler(
     shuffle: bool,
     world_size: int = 1,
     rank: int = 0,
+    duration_bins: list[float] | None = None,
 ) -> DynamicBucketingSampler:
-    """A seeded ``DynamicBucketingSampler`` over the cuts ``cut_filter`` accepts."""
+    """A seeded ``DynamicBucketingSampler`` over the cuts ``cut_filter`` accepts;
+    its buckets estimated from the first cuts unless ``duration_bins`` are given."""
     sampler = DynamicBucketingSampler(
         cuts,
         max_duration=spec.max_duration,
         num_buckets=spec.num_buckets,
+        duration_bins=duration_bins,
         shuffle=shuffle,
         drop_last=False,
         world_size=world_size,

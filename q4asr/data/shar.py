@@ -40,6 +40,7 @@ import logging
 import os
 import shutil
 import sys
+from itertools import islice
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -47,6 +48,7 @@ import torch
 import torch.distributed as dist
 from lhotse import CutSet
 from lhotse.dataset import IterableDatasetWrapper
+from lhotse.dataset.sampling.dynamic_bucketing import estimate_duration_buckets
 
 from q4asr.data.datamodule import (
     AsrDataset,
@@ -65,6 +67,7 @@ INDEX = "shar_index.json"
 # what each field is written as: features re-encoded with lilcom, audio as flac
 FIELD_FORMATS = {"features": "lilcom", "recording": "flac"}
 STATE_FORMAT = "lhotse-shar"
+BINS_ESTIMATE_CUTS = 10000  # as lhotse's DynamicBucketingSampler
 
 
 # ------------------------------------------------------------------ writing
@@ -226,6 +229,12 @@ class SharEpoch(IterableDatasetWrapper):
         self.spec = spec
         self.skip: list[int] = []
         self.cut_filter = dataset.cut_filter
+        # bucket bounds from the cut manifests alone (no tar read), once for all
+        # epochs, ranks and workers
+        manifests = CutSet.from_shar(fields={"cuts": fields["cuts"]})
+        self.duration_bins = estimate_duration_buckets(
+            islice(manifests, BINS_ESTIMATE_CUTS), num_buckets=spec.num_buckets
+        )
         super().__init__(dataset, self._sampler(0), reset_on_iter=True)
 
     def _sampler(self, epoch: int):
@@ -236,7 +245,13 @@ class SharEpoch(IterableDatasetWrapper):
             stateful_shuffle=False,
             seed=self.spec.seed + epoch,
         )
-        sampler = make_sampler(cuts, self.spec, self.cut_filter, shuffle=True)
+        sampler = make_sampler(
+            cuts,
+            self.spec,
+            self.cut_filter,
+            shuffle=True,
+            duration_bins=self.duration_bins,
+        )
         sampler.set_epoch(epoch)
         return sampler
 
