@@ -78,8 +78,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--train-cuts",
         required=True,
-        help="training cut manifest, or Lhotse Shar shards (a directory or its "
-        "shar_index.json)",
+        help="training cut manifest, or Lhotse Shar shards (a directory, or a "
+        ".shar.json index of their URLs)",
     )
     p.add_argument("--valid-cuts", default=None, help="validation cut manifest")
     p.add_argument("--bpe-model", required=True, help="sentencepiece .model")

@@ -7,11 +7,13 @@ cuts and their data (fbank features, audio, or both) as numbered sequential shar
 dataloader worker reads front to back.
 
 - :func:`write_shar`: a cut manifest -> a Shar directory (``CutSet.to_shar``), written
-  into a temporary directory and renamed, with ``shar_index.json`` listing every field's
-  shards (the dict ``to_shar`` returns). The index's paths may be edited into URLs
-  (``s3://...``, ``pipe:...``) after copying the shards to an object store.
-- :func:`make_train_loader`: the training loader: a Shar directory or index
-  (:func:`is_shar`) is streamed by :class:`SharStream`, anything else is a jsonl
+  into a temporary directory and renamed, so it exists only when complete.
+- :func:`write_index`: ``<name>.shar.json``, every field's shards of a Shar directory as
+  URLs under a prefix (``s3://bucket/dir``, ``https://...``), for shards copied to an
+  object store; lhotse opens them with ``smart_open``. Entries may also be
+  ``pipe:`` commands (``pipe:aws s3 cp s3://b/cuts.000000.jsonl.gz -``).
+- :func:`make_train_loader`: the training loader: a Shar directory or ``.shar.json``
+  index (:func:`is_shar`) is streamed by :class:`SharStream`, anything else is a jsonl
   manifest read by :func:`q4asr.data.datamodule.make_loader` (the default).
 - :class:`SharStream`: ``CutSet.from_shar`` with ``split_for_dataloading`` (shards
   split across DDP ranks, then dataloader workers, without overlap), shard order
@@ -30,6 +32,8 @@ CLI::
 
     python -m q4asr.data.shar write --cuts data/fbank/x_cuts_train.jsonl.gz \\
         --out-dir data/shar/x_train --fields features [--shard-size 1000] [--nj 4]
+    python -m q4asr.data.shar index data/shar/x_train --url-prefix s3://bucket/x_train \\
+        --out data/shar/x_train.shar.json
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ import torch.distributed as dist
 from lhotse import CutSet
 from lhotse.dataset import IterableDatasetWrapper
 from lhotse.dataset.sampling.dynamic_bucketing import estimate_duration_buckets
+from lhotse.shar.readers.lazy import LazySharIterator
 
 from q4asr.data.datamodule import (
     AsrDataset,
@@ -59,11 +64,11 @@ from q4asr.data.datamodule import (
     make_sampler,
 )
 from q4asr.data.tokenizer import Tokenizer
-from q4asr.utils import setup_logging
+from q4asr.utils import atomic_write, setup_logging
 
 log = logging.getLogger(__name__)
 
-INDEX = "shar_index.json"
+INDEX_SUFFIX = ".shar.json"
 # what each field is written as: features re-encoded with lilcom, audio as flac
 FIELD_FORMATS = {"features": "lilcom", "recording": "flac"}
 STATE_FORMAT = "lhotse-shar"
@@ -120,7 +125,6 @@ def write_shar(
             warn_unused_fields=False,
         )
         index = {k: sorted(Path(p).name for p in v) for k, v in written.items()}
-        (tmp / INDEX).write_text(json.dumps(index, indent=1) + "\n")
         os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -140,44 +144,66 @@ def write_shar(
 
 
 def is_shar(path: str | Path) -> bool:
-    """True for a Shar directory or a ``shar_index.json`` file."""
+    """True for a Shar directory or a ``.shar.json`` index."""
     path = Path(path)
-    return path.is_dir() or path.name == INDEX
+    return path.is_dir() or path.name.endswith(INDEX_SUFFIX)
+
+
+def _check_fields(fields: Any, where: Path) -> dict[str, list[str]]:
+    if not isinstance(fields, dict) or not fields.get("cuts"):
+        raise ValueError(f"{where}: no Shar cut shards (cuts.NNNNNN.jsonl.gz)")
+    n = len(fields["cuts"])
+    for name, shards in fields.items():
+        if not isinstance(shards, list) or len(shards) != n:
+            count = len(shards) if isinstance(shards, list) else repr(shards)
+            raise ValueError(
+                f"{where}: field {name!r} has {count} shards, 'cuts' has {n}"
+            )
+    return {k: [str(p) for p in v] for k, v in fields.items()}
 
 
 def shar_fields(path: str | Path) -> dict[str, list[str]]:
     """``{field: [shard, ...]}`` of a Shar directory or index, for ``CutSet.from_shar``.
 
-    Relative entries of an index are taken relative to the index's directory; URLs
+    A directory is listed as lhotse lists it (``LazySharIterator(in_dir=...)``);
+    relative entries of an index are taken relative to the index's directory, URLs
     and ``pipe:`` commands are kept as they are. Raises FileNotFoundError or
     ValueError naming the file and the problem.
     """
     path = Path(path)
-    index = path / INDEX if path.is_dir() else path
-    if not index.is_file():
-        raise FileNotFoundError(
-            f"{index}: no Shar index (write shards with write_shar)"
-        )
+    if path.is_dir():
+        try:
+            streams = LazySharIterator(in_dir=path).streams
+        except AssertionError:
+            streams = None
+        return _check_fields(streams, path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such Shar index")
     try:
-        fields = json.loads(index.read_text())
+        fields = _check_fields(json.loads(path.read_text()), path)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{index}: not valid JSON ({e})") from None
-    if not isinstance(fields, dict) or not fields.get("cuts"):
-        raise ValueError(f"{index}: expected a mapping with a non-empty 'cuts' list")
-    n = len(fields["cuts"])
-    out = {}
-    for name, shards in fields.items():
-        if not isinstance(shards, list) or len(shards) != n:
-            raise ValueError(
-                f"{index}: field {name!r} lists "
-                f"{len(shards) if isinstance(shards, list) else shards!r} shards, "
-                f"'cuts' lists {n}"
-            )
-        out[name] = [
-            s if ("://" in s or s.startswith("pipe:")) else str(index.parent / s)
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    return {
+        name: [
+            s if ("://" in s or s.startswith("pipe:")) else str(path.parent / s)
             for s in shards
         ]
-    return out
+        for name, shards in fields.items()
+    }
+
+
+def write_index(shar_dir: str | Path, url_prefix: str, out: str | Path) -> Path:
+    """Write ``out`` (a ``.shar.json``): the shards of ``shar_dir`` as
+    ``<url_prefix>/<file name>``, for the same shards copied to an object store."""
+    out = Path(out)
+    if not out.name.endswith(INDEX_SUFFIX):
+        raise ValueError(f"{out}: a Shar index's name ends with {INDEX_SUFFIX}")
+    fields = shar_fields(shar_dir)
+    prefix = url_prefix.rstrip("/")
+    index = {k: [f"{prefix}/{Path(p).name}" for p in v] for k, v in fields.items()}
+    return atomic_write(
+        out, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=1))
+    )
 
 
 def _worker() -> tuple[int, int]:
@@ -538,10 +564,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     w.add_argument("--shard-size", type=int, default=1000, help="cuts per shard")
     w.add_argument("--nj", type=int, default=1, help="parallel writers")
+    x = sub.add_parser("index", help="a Shar directory -> a .shar.json of its URLs")
+    x.add_argument("shar_dir", type=Path)
+    x.add_argument("--url-prefix", required=True, help="where the shards are copied")
+    x.add_argument("--out", required=True, type=Path, help="<name>.shar.json")
     args = p.parse_args(argv)
     setup_logging()
     try:
-        write_shar(args.cuts, args.out_dir, args.fields, args.shard_size, args.nj)
+        if args.cmd == "index":
+            write_index(args.shar_dir, args.url_prefix, args.out)
+        else:
+            write_shar(args.cuts, args.out_dir, args.fields, args.shard_size, args.nj)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,13 +13,13 @@ from lhotse import CutSet
 
 from q4asr.data.datamodule import DataSpec, restore_sampler, sampler_state
 from q4asr.data.shar import (
-    INDEX,
     SharStream,
     _in_order,
     is_shar,
     main,
     make_train_loader,
     shar_fields,
+    write_index,
     write_shar,
 )
 from q4asr.data.tokenizer import Tokenizer
@@ -48,16 +49,19 @@ def _ids(batches) -> list[list[str]]:
 
 
 def test_write_keeps_every_cut_and_its_features(tiny_corpus, shards):
-    index = json.loads((shards / INDEX).read_text())
-    assert set(index) == {"cuts", "features"}
-    assert len(index["cuts"]) == len(index["features"]) == 8
-    assert all((shards / p).is_file() for p in index["cuts"] + index["features"])
-    assert is_shar(shards) and is_shar(shards / INDEX)
+    fields = shar_fields(shards)
+    assert set(fields) == {"cuts", "features"}
+    assert len(fields["cuts"]) == len(fields["features"]) == 8
+    assert sorted(p.name for p in shards.iterdir()) == sorted(
+        [f"cuts.{i:06d}.jsonl.gz" for i in range(8)]
+        + [f"features.{i:06d}.tar" for i in range(8)]
+    )  # a plain lhotse Shar directory, nothing else in it
+    assert not list(shards.parent.glob(".tmp.*"))
+    assert is_shar(shards) and is_shar(shards.parent / "x.shar.json")
     assert not is_shar(tiny_corpus.cuts["train"])
     src = {c.id: c for c in CutSet.from_file(tiny_corpus.cuts["train"])}
-    got = CutSet.from_shar(fields=shar_fields(shards))
     seen = []
-    for c in got:
+    for c in CutSet.from_shar(in_dir=shards):
         a, b = src[c.id].load_features(), c.load_features()
         assert a.shape == b.shape
         # lilcom again on lilcom-decoded features: within lilcom's own precision
@@ -65,6 +69,25 @@ def test_write_keeps_every_cut_and_its_features(tiny_corpus, shards):
         assert c.supervisions[0].text == src[c.id].supervisions[0].text
         seen.append(c.id)
     assert sorted(seen) == sorted(src)
+    # parallel writers: the same shards
+    par = shards.parent / "parallel"
+    index = write_shar(tiny_corpus.cuts["train"], par, shard_size=5, num_jobs=2)
+    assert index == {k: [Path(p).name for p in v] for k, v in fields.items()}
+    assert sorted(c.id for c in CutSet.from_shar(in_dir=par)) == sorted(src)
+
+
+def test_an_index_of_urls_is_read_like_the_directory(shards, tmp_path):
+    out = write_index(shards, "s3://bucket/train/", tmp_path / "train.shar.json")
+    urls = shar_fields(out)
+    assert urls["features"][3] == "s3://bucket/train/features.000003.tar"
+    # an index of relative paths: relative to the index's directory
+    rel = {k: [f"{shards.name}/{Path(p).name}" for p in v]
+           for k, v in shar_fields(shards).items()}  # fmt: skip
+    (shards.parent / "rel.shar.json").write_text(json.dumps(rel))
+    local = shar_fields(shards.parent / "rel.shar.json")
+    assert local == shar_fields(shards)
+    with pytest.raises(ValueError, match="ends with .shar.json"):
+        write_index(shards, "s3://b", tmp_path / "x.json")
 
 
 def test_write_errors_name_the_problem(tiny_corpus, shards, tmp_path):
@@ -89,15 +112,18 @@ def test_write_errors_name_the_problem(tiny_corpus, shards, tmp_path):
         == 1
     )
     assert not (tmp_path / "y").exists()
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    (bad / INDEX).write_text(json.dumps({"cuts": ["a", "b"], "features": ["a"]}))
-    with pytest.raises(
-        ValueError, match="field 'features' lists 1 shards, 'cuts' lists 2"
-    ):
+    bad = tmp_path / "bad.shar.json"
+    bad.write_text(json.dumps({"cuts": ["a", "b"], "features": ["a"]}))
+    with pytest.raises(ValueError, match="field 'features' has 1 shards, 'cuts' has 2"):
         shar_fields(bad)
-    with pytest.raises(FileNotFoundError, match="no Shar index"):
-        shar_fields(tmp_path)
+    bad.write_text("{")
+    with pytest.raises(ValueError, match="bad.shar.json: not valid JSON"):
+        shar_fields(bad)
+    with pytest.raises(FileNotFoundError, match="no.shar.json: no such Shar index"):
+        shar_fields(tmp_path / "no.shar.json")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty: no Shar cut shards"):
+        shar_fields(tmp_path / "empty")
 
 
 def test_jsonl_stays_the_default(tiny_corpus, tok):
