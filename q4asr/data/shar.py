@@ -388,6 +388,7 @@ class SharStream:
         )
         self.epoch = 0
         self._resume: dict[str, Any] | None = None
+        self._counts_epoch: int | None = None  # the epoch the counts are of
         self._reset()
 
     def _reset(self) -> None:
@@ -414,6 +415,7 @@ class SharStream:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self._reset()
+        self._counts_epoch = self.epoch
         offsets = [0] * self.num_workers
         r = self._resume
         self._resume = None
@@ -466,7 +468,20 @@ class SharStream:
     def state_dict(self, epoch: int, batches_done: int) -> dict[str, Any]:
         """Where the stream is after training consumed ``batches_done`` batches of
         ``epoch``: ``batches[rank][worker]`` and ``cuts[rank][worker]`` consumed, the
-        layout (world size, workers, shards) they hold for, and the seed."""
+        layout (world size, workers, shards) they hold for, and the seed.
+
+        Raises ValueError when ``batches_done`` is not what this rank's stream gave
+        in ``epoch`` (0 for an epoch not started yet).
+        """
+        started = epoch == self._counts_epoch
+        given = sum(self.batches[self.rank]) if started else 0
+        if given != batches_done:
+            raise ValueError(
+                f"Shar stream: training says {batches_done} batches of epoch {epoch} "
+                f"were consumed, the stream gave {given}"
+            )
+        if given == 0:
+            self._reset()  # an epoch not started: nothing consumed
         return {
             "format": STATE_FORMAT,
             "epoch": epoch,

@@ -236,3 +236,31 @@ def test_in_order_matches_an_uninterrupted_dataloader(counts):
         ]
         got = [b["id"] for b in _in_order(iter(resumed), offsets)]
         assert got == ref[cut:], (counts, cut)
+
+
+def test_state_of_an_epoch_not_started_is_its_beginning(shards, tok):
+    data = make_train_loader(shards, tok, _spec())
+    data.sampler.set_epoch(0)
+    n = len(list(data.loader))
+    assert sum(sampler_state(data.sampler, 0, n)["batches"][0]) == n
+    # the epoch ended; training moved to the next one and saves before its first batch
+    data.sampler.set_epoch(1)
+    state = sampler_state(data.sampler, 1, 0)
+    assert state["epoch"] == 1 and state["batches"] == [[0]] and state["cuts"] == [[0]]
+    with pytest.raises(ValueError, match="training says 3 batches of epoch 1"):
+        sampler_state(data.sampler, 1, 3)
+
+
+def test_audio_shards_for_on_the_fly_features(tiny_corpus, tok, tmp_path):
+    audio = tmp_path / "audio"
+    write_shar(tiny_corpus.cuts["dev"], audio, ["recording"], shard_size=4)
+    assert set(shar_fields(audio)) == {"cuts", "recording"}
+    data = make_train_loader(audio, tok, _spec(on_the_fly_features=True))
+    data.sampler.set_epoch(0)
+    batches = list(data.loader)
+    assert sum(len(b["cut_ids"]) for b in batches) == 8
+    for b in batches:
+        n, t, f = b["features"].shape
+        assert n == len(b["cut_ids"]) and f == 80 and t >= 7
+    with pytest.raises(ValueError, match="training needs 'features'"):
+        make_train_loader(audio, tok, _spec())
