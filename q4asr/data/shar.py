@@ -33,7 +33,7 @@ CLI::
     python -m q4asr.data.shar write --cuts data/fbank/x_cuts_train.jsonl.gz \\
         --out-dir data/shar/x_train --fields features [--shard-size 1000] [--nj 4]
     python -m q4asr.data.shar index data/shar/x_train --url-prefix s3://bucket/x_train \\
-        --out data/shar/x_train.shar.json
+        --out data/shar/x_train.shar.json [--pipe 'aws s3 cp {url} -']
 """
 
 from __future__ import annotations
@@ -192,18 +192,35 @@ def shar_fields(path: str | Path) -> dict[str, list[str]]:
     }
 
 
-def write_index(shar_dir: str | Path, url_prefix: str, out: str | Path) -> Path:
+def write_index(
+    shar_dir: str | Path, url_prefix: str, out: str | Path, pipe: str | None = None
+) -> Path:
     """Write ``out`` (a ``.shar.json``): the shards of ``shar_dir`` as
-    ``<url_prefix>/<file name>``, for the same shards copied to an object store."""
+    ``<url_prefix>/<file name>``, for the same shards copied to an object store.
+
+    Plain URLs are opened by lhotse through ``smart_open`` (not a q4asr dependency).
+    With ``pipe`` (a command with ``{url}``, e.g. ``aws s3 cp {url} -``) every entry
+    is a lhotse ``pipe:`` command instead, gzipped cut shards piped through
+    ``gunzip``.
+    """
     out = Path(out)
     if not out.name.endswith(INDEX_SUFFIX):
         raise ValueError(f"{out}: a Shar index's name ends with {INDEX_SUFFIX}")
-    fields = shar_fields(shar_dir)
+    if pipe is not None and "{url}" not in pipe:
+        raise ValueError(f"--pipe {pipe!r}: the command must contain {{url}}")
     prefix = url_prefix.rstrip("/")
-    index = {k: [f"{prefix}/{Path(p).name}" for p in v] for k, v in fields.items()}
-    return atomic_write(
-        out, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=1))
-    )
+
+    def entry(name: str) -> str:
+        url = f"{prefix}/{name}"
+        if pipe is None:
+            return url
+        gunzip = " | gunzip -c -" if name.endswith(".gz") else ""
+        return f"pipe:{pipe.format(url=url)}{gunzip}"
+
+    fields = shar_fields(shar_dir)
+    index = {k: [entry(Path(p).name) for p in v] for k, v in fields.items()}
+    text = json.dumps(index, indent=1)
+    return atomic_write(out, lambda tmp: Path(tmp).write_text(text))
 
 
 def _worker() -> tuple[int, int]:
@@ -583,11 +600,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     x.add_argument("shar_dir", type=Path)
     x.add_argument("--url-prefix", required=True, help="where the shards are copied")
     x.add_argument("--out", required=True, type=Path, help="<name>.shar.json")
+    x.add_argument(
+        "--pipe",
+        default=None,
+        help="a command that writes {url} to stdout, e.g. 'aws s3 cp {url} -'",
+    )
     args = p.parse_args(argv)
     setup_logging()
     try:
         if args.cmd == "index":
-            write_index(args.shar_dir, args.url_prefix, args.out)
+            write_index(args.shar_dir, args.url_prefix, args.out, args.pipe)
         else:
             write_shar(args.cuts, args.out_dir, args.fields, args.shard_size, args.nj)
     except (OSError, ValueError) as e:

@@ -88,6 +88,21 @@ def test_an_index_of_urls_is_read_like_the_directory(shards, tmp_path):
     assert local == shar_fields(shards)
     with pytest.raises(ValueError, match="ends with .shar.json"):
         write_index(shards, "s3://b", tmp_path / "x.json")
+    with pytest.raises(ValueError, match="must contain"):
+        write_index(shards, "s3://b", tmp_path / "x.shar.json", pipe="cat")
+
+
+def test_shards_streamed_through_pipe_commands(shards, tok, tmp_path):
+    """An index of ``pipe:`` commands (here ``cat``, as ``aws s3 cp URL -`` would be)
+    is read by the same training loader."""
+    index = write_index(shards, str(shards), tmp_path / "p.shar.json", pipe="cat {url}")
+    fields = shar_fields(index)
+    assert fields["cuts"][0] == f"pipe:cat {shards}/cuts.000000.jsonl.gz | gunzip -c -"
+    assert fields["features"][0] == f"pipe:cat {shards}/features.000000.tar"
+    data = make_train_loader(index, tok, _spec())
+    data.sampler.set_epoch(0)
+    ids = [i for b in data.loader for i in b["cut_ids"]]
+    assert len(ids) == len(set(ids)) == 40
 
 
 def test_write_errors_name_the_problem(tiny_corpus, shards, tmp_path):

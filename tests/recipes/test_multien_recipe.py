@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,14 @@ def test_multien_recipe_trains_from_shar_shards(tmp_path, corpora):
     pos = load_checkpoint(find_latest(exp))["sampler"]
     assert pos["format"] == "lhotse-shar" and pos["num_shards"] == 5
     assert sum(map(sum, pos["batches"])) == 2 * pos["batches_done"]
+
+    # the same shards read through an index of pipe commands (as from an object store)
+    index = d / "data" / "shar" / "train.shar.json"
+    subprocess.run([sys.executable, "-m", "q4asr.data.shar", "index", str(shar),
+                    "--url-prefix", str(shar), "--pipe", "cat {url}", "--out", str(index)],
+                   check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    shutil.rmtree(exp)
+    run(d, corpora, "--stage", "12", "--stop-stage", "12", "--train-shar", "true",
+        "--shar-index", "data/shar/train.shar.json", "--max-steps", "2", *ddp)
+    assert "--train-cuts data/shar/train.shar.json " in (d / "exp/commands.log").read_text()
+    assert json.loads((exp / "train_summary.json").read_text())["steps"] == 2

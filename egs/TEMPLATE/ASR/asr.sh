@@ -34,6 +34,8 @@
 #   --train-shar true     train from Lhotse Shar shards (for large corpora on many nodes);
 #   --shar-fields "features"  what the shards hold: features and/or recording (audio)
 #   --shar-shard-size 1000    cuts per shard (write at least ranks x workers shards)
+#   --shar-index FILE.shar.json  train from these shards instead (the same shards copied to
+#                         an object store: python -m q4asr.data.shar index)
 set -euo pipefail
 
 stage=10
@@ -59,6 +61,7 @@ train_launcher=
 train_shar=false
 shar_fields=features
 shar_shard_size=1000
+shar_index=
 
 Q4ASR_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
 . "$Q4ASR_ROOT/tools/parse_options.sh"
@@ -89,7 +92,7 @@ case "$train_shar" in
 esac
 train_cuts=$fbank_dir/${prefix}_cuts_${train_part}.jsonl.gz
 shar_dir=$data_dir/shar/${prefix}_${train_part}
-$train_shar && train_cuts=$shar_dir
+$train_shar && train_cuts=${shar_index:-$shar_dir}
 launcher=(q4asr-train)
 [ -n "$train_launcher" ] && read -ra launcher <<< "$train_launcher -m q4asr.bin.train"
 

@@ -13,7 +13,8 @@
 #   --train-launcher "torchrun --nnodes 4 --nproc-per-node 8 --rdzv-backend c10d
 #                     --rdzv-endpoint HOST:29500 --rdzv-id multien"   (see README.md)
 #   --train-shar true  train from Lhotse Shar shards of the muxed training cuts (stage 10
-#                      writes them, --shar-shard-size cuts each; see README.md)
+#                      writes them, --shar-shard-size cuts each; --shar-index FILE.shar.json
+#                      reads them from an object store instead; see README.md)
 # Stages: 0 download LibriSpeech if missing; check the other corpora
 #         1 LibriSpeech manifests (lhotse prepare librispeech)
 #         2 GigaSpeech manifests (python -m q4asr.data.multien gigaspeech)
@@ -48,6 +49,7 @@ exp_dir=exp
 results_md=RESULTS.md
 train_shar=false
 shar_shard_size=1000
+shar_index=
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
 Q4ASR_ROOT=${Q4ASR_ROOT:-$(cd ../../.. && pwd)}
@@ -122,6 +124,6 @@ fi
   --test-parts "${test_parts[*]}" --systems "$systems" --nbpe "$nbpe" --nj "$nj" \
   --avg "$avg" --max-steps "$max_steps" --decode-methods "$decode_methods" \
   --train-launcher "$train_launcher" --calibration-batches "$calibration_batches" \
-  --train-shar "$train_shar" --shar-shard-size "$shar_shard_size" \
+  --train-shar "$train_shar" --shar-shard-size "$shar_shard_size" --shar-index "$shar_index" \
   --data-dir "$data_dir" --exp-dir "$exp_dir" --results-md "$results_md" \
   --results-title "multien (LibriSpeech + GigaSpeech + Common Voice)"
