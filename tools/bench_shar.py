@@ -11,7 +11,7 @@ use; Shar: every shard).
 
   # the multien recipe's fixture corpus (tests/recipes/fixtures.py), stages 0-11 with
   # --train-shar true, then the measurement:
-  python tools/bench_shar.py --prepare /tmp/bench_shar --rounds 5
+  python tools/bench_shar.py --prepare /tmp/bench_shar --rounds 30
 
   # an already prepared recipe directory (run from it: feature paths are relative):
   cd egs/multien/ASR && python ../../../tools/bench_shar.py \\
@@ -70,7 +70,8 @@ def prepare(work: Path, shard_size: int) -> dict[str, Path]:
     (d / "conf").mkdir(parents=True, exist_ok=True)
     shutil.copy(RECIPE / "run.sh", d / "run.sh")
     cfg = {"model": TINY_MODEL, "train": tiny_train()}
-    (d / "conf" / "train.yaml").write_text(yaml.safe_dump(cfg))
+    for name in ("train.yaml", "train_qat.yaml"):  # what conf/systems.yaml names
+        (d / "conf" / name).write_text(yaml.safe_dump(cfg))
     shutil.copy(RECIPE / "conf" / "systems.yaml", d / "conf" / "systems.yaml")
     shutil.rmtree(d / "conf" / "plans", ignore_errors=True)
     shutil.copytree(RECIPE / "conf" / "plans", d / "conf" / "plans")
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--shar", type=Path, help="the same cuts as Shar shards")
     ap.add_argument("--bpe-model", type=Path)
     ap.add_argument("--shard-size", type=int, default=20, help="with --prepare")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--max-duration", type=float, default=60.0)
     ap.add_argument("--json", type=Path, help="also write the result here")
     args = ap.parse_args(argv)
