@@ -5,8 +5,9 @@ Both readers are the ones q4asr-train uses (``make_train_loader`` on the Shar di
 ``make_loader`` on the jsonl manifest), with the same batch size, bucketing and
 filtering, no dataloader workers; every round reads one full epoch with each, in
 turn, so load from other processes falls on both alike. Reported per reader: seconds
-of audio delivered per second of wall time (features read, decoded and padded into
-batches), and bytes on disk (jsonl: the manifest and every feature archive its cuts
+of audio delivered per second of wall time and per second of CPU time (features
+read, decoded and padded into batches), the median over rounds of the wall-time
+ratio, and bytes on disk (jsonl: the manifest and every feature archive its cuts
 use; Shar: every shard).
 
   # the multien recipe's fixture corpus (tests/recipes/fixtures.py), stages 0-11 with
@@ -25,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -107,37 +109,55 @@ def disk_bytes(cuts_path: Path, shar_dir: Path) -> dict[str, int]:
 def measure(
     cuts_path: Path, shar_dir: Path, bpe: Path, rounds: int, max_duration: float
 ) -> dict[str, Any]:
-    """Both readers, one epoch each per round, alternating; audio seconds per second."""
+    """Both readers, one epoch each per round, alternating.
+
+    Per reader: audio seconds per second of wall time and per second of this
+    process's CPU time (what the reader costs, less sensitive to other processes on a
+    shared machine), over all rounds; and the median over rounds of the Shar/jsonl
+    ratio of wall-time throughput (each round's two epochs run back to back).
+    """
     tok = Tokenizer(bpe)
     spec = DataSpec(max_duration=max_duration, num_buckets=4, seed=1, num_workers=0)
     readers = {
         "jsonl_lilcom": make_loader(cuts_path, tok, spec, train=True),
         "shar": make_train_loader(shar_dir, tok, spec),
     }
-    audio = dict.fromkeys(readers, 0.0)
-    wall = dict.fromkeys(readers, 0.0)
-    cuts = dict.fromkeys(readers, 0)
+    tot = {k: {"audio_s": 0.0, "cuts": 0, "wall_s": 0.0, "cpu_s": 0.0} for k in readers}
+    ratios = []
     for r in range(rounds + 1):  # round 0 warms the page cache and is not counted
+        rate = {}
         for name, data in readers.items():
             data.sampler.set_epoch(r)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             a, n = 0.0, 0
             for batch in data.loader:
                 a += batch["duration"]
                 n += len(batch["cut_ids"])
-            dt = time.perf_counter() - t0
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
+            rate[name] = a / dt
             if r > 0:
-                audio[name] += a
-                wall[name] += dt
-                cuts[name] += n
-    out = {
-        name: {"audio_s": audio[name], "cuts": cuts[name], "wall_s": wall[name],
-               "audio_s_per_s": audio[name] / wall[name]}
-        for name in readers
-    }  # fmt: skip
-    out["shar_vs_jsonl"] = (
-        out["shar"]["audio_s_per_s"] / out["jsonl_lilcom"]["audio_s_per_s"]
-    )
+                for k, v in (
+                    ("audio_s", a),
+                    ("cuts", n),
+                    ("wall_s", dt),
+                    ("cpu_s", dc),
+                ):
+                    tot[name][k] += v
+        if r > 0:
+            ratios.append(rate["shar"] / rate["jsonl_lilcom"])
+    out: dict[str, Any] = {}
+    for name, t in tot.items():
+        out[name] = {
+            **t,
+            "audio_s_per_s": t["audio_s"] / t["wall_s"],
+            "audio_s_per_cpu_s": t["audio_s"] / t["cpu_s"],
+        }
+    out["shar_vs_jsonl"] = {
+        "wall": out["shar"]["audio_s_per_s"] / out["jsonl_lilcom"]["audio_s_per_s"],
+        "cpu": out["shar"]["audio_s_per_cpu_s"]
+        / out["jsonl_lilcom"]["audio_s_per_cpu_s"],
+        "median_round_wall": statistics.median(ratios),
+    }
     return out
 
 
@@ -162,17 +182,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     res["disk_bytes"] = disk_bytes(args.cuts, args.shar)
     res["config"] = {"rounds": args.rounds, "max_duration": args.max_duration,
                      "num_workers": 0, "cpu_count": os.cpu_count()}  # fmt: skip
-    j, s = res["jsonl_lilcom"], res["shar"]
+    j, ratio = res["jsonl_lilcom"], res["shar_vs_jsonl"]
     print(f"training cuts: {j['cuts'] // args.rounds} ({j['audio_s'] / args.rounds:.1f} s "
-          f"of audio), {args.rounds} epochs per reader, alternating, one process")  # fmt: skip
-    print("| reader | audio s / s | disk |")
-    print("|---|---|---|")
-    for name, r in (("jsonl + lilcom archives", j), ("Lhotse Shar (lilcom)", s)):
-        key = "jsonl_lilcom" if name.startswith("jsonl") else "shar"
-        mb = res["disk_bytes"][key] / 1e6
-        print(f"| {name} | {r['audio_s_per_s']:,.0f} | {mb:.2f} MB |")
-    print(f"Shar / jsonl throughput: {res['shar_vs_jsonl']:.2f}x; disk: "
-          f"{res['disk_bytes']['shar'] / res['disk_bytes']['jsonl_lilcom']:.2f}x")  # fmt: skip
+          f"of audio), {args.rounds} epochs per reader, alternating, one process, "
+          f"no dataloader workers")  # fmt: skip
+    print("| reader | audio s / s (wall) | audio s / CPU s | disk |")
+    print("|---|---|---|---|")
+    for name, key in (("jsonl + lilcom archives", "jsonl_lilcom"),
+                      ("Lhotse Shar (lilcom)", "shar")):  # fmt: skip
+        r, mb = res[key], res["disk_bytes"][key] / 1e6
+        print(f"| {name} | {r['audio_s_per_s']:,.0f} | {r['audio_s_per_cpu_s']:,.0f} "
+              f"| {mb:.2f} MB |")  # fmt: skip
+    disk = res["disk_bytes"]["shar"] / res["disk_bytes"]["jsonl_lilcom"]
+    print(f"Shar / jsonl: wall {ratio['wall']:.2f}x (median of rounds "
+          f"{ratio['median_round_wall']:.2f}x), CPU {ratio['cpu']:.2f}x, "
+          f"disk {disk:.2f}x")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
     return res

@@ -28,9 +28,12 @@ def test_readers_side_by_side(tiny_corpus, tmp_path, capsys):
     assert j["cuts"] == s["cuts"] == 2 * 40
     assert j["audio_s"] == pytest.approx(s["audio_s"])
     assert j["audio_s_per_s"] > 0 and s["audio_s_per_s"] > 0
-    assert res["shar_vs_jsonl"] == pytest.approx(
-        s["audio_s_per_s"] / j["audio_s_per_s"]
+    ratio = res["shar_vs_jsonl"]
+    assert ratio["wall"] == pytest.approx(s["audio_s_per_s"] / j["audio_s_per_s"])
+    assert ratio["cpu"] == pytest.approx(
+        s["audio_s_per_cpu_s"] / j["audio_s_per_cpu_s"]
     )
+    assert ratio["median_round_wall"] > 0
     shar_bytes = sum(p.stat().st_size for p in shar.iterdir())
     assert res["disk_bytes"]["shar"] == shar_bytes
     lca = {p for p in tiny_corpus.fbank_dir.glob("synth_feats_train*")}
