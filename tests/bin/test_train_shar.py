@@ -18,23 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_train import TINY_MODEL, _env  # tests/bin: the training tests' tiny model
 
 from q4asr.checkpoint import find_latest, load_checkpoint
 from q4asr.data.shar import write_shar
 
 MAX_STEPS = 14
-MODEL = dict(
-    num_mel_bins=80,
-    subsampling_channels=8,
-    d_model=32,
-    num_layers=1,
-    num_heads=2,
-    ffn_dim=64,
-    conv_kernel=7,
-    dropout=0.1,
-    decoder_dim=32,
-    joiner_dim=32,
-)
+MODEL = {**TINY_MODEL, "num_layers": 1}  # with dropout: the RNG must resume too
 TRAIN = dict(
     seed=5,
     max_steps=MAX_STEPS,
@@ -81,10 +71,6 @@ def _cmd(setup, exp: Path) -> list[str]:
         "--valid-cuts", str(corpus.cuts["dev"]), "--bpe-model", str(corpus.bpe_model),
         "--no-progress",
     ]  # fmt: skip
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def _trace(log: str) -> dict[int, list[tuple[int, int, int, list[str]]]]:
