@@ -64,6 +64,7 @@ from q4asr.data.datamodule import (
     restore_sampler,
     sampler_state,
 )
+from q4asr.data.shar import make_train_loader
 from q4asr.data.tokenizer import Tokenizer
 from q4asr.model import ModelConfig
 from q4asr.model import build_model as build_transducer
@@ -81,7 +82,12 @@ def get_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", required=True, help="training YAML (model/train/quant)")
     p.add_argument("--exp-dir", required=True, help="output directory")
-    p.add_argument("--train-cuts", required=True, help="training cut manifest")
+    p.add_argument(
+        "--train-cuts",
+        required=True,
+        help="training cut manifest, or Lhotse Shar shards (a directory, or a "
+        ".shar.json index of their URLs)",
+    )
     p.add_argument("--valid-cuts", default=None, help="validation cut manifest")
     p.add_argument("--bpe-model", required=True, help="sentencepiece .model")
     p.add_argument("--plan", default=None, help="precision plan (sets quant.plan)")
@@ -468,7 +474,7 @@ def setup(args: argparse.Namespace) -> Run:
         max_utterance_duration=tc.max_utterance_duration,
     )
     ranks = dict(world_size=d.world_size, rank=d.rank)
-    train_data = make_loader(args.train_cuts, tokenizer, spec, train=True, **ranks)
+    train_data = make_train_loader(args.train_cuts, tokenizer, spec, **ranks)
     valid_loader = None
     if args.valid_cuts:
         vspec = dataclasses.replace(spec, num_workers=min(spec.num_workers, 1))

@@ -11,8 +11,8 @@ commands::
 ``gigaspeech`` writes ``gigaspeech_{recordings,supervisions}_<PART>.jsonl.gz`` exactly as
 lhotse's ``prepare_gigaspeech`` does (its ``parse_utterance`` builds every manifest
 entry); lhotse's own function needs the ``speechcolab`` package only to iterate
-``GigaSpeech.json``, which this reads directly (streaming with ``ijson`` when it is
-installed, else loading the file whole).
+``GigaSpeech.json``, which this streams with ``ijson`` (one audio entry in memory at a
+time, whatever the file's size: the full corpus's file is several GB).
 
 ``combine`` reads ``<manifests>/<corpus prefix>_{recordings,supervisions}_<part>.jsonl.gz``
 lazily and writes ``<out-dir>/<prefix>_{recordings,supervisions}_<name>.jsonl.gz`` for
@@ -24,7 +24,6 @@ no segment uses are left out).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re
@@ -32,6 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import ijson
 from lhotse import RecordingSet, SupervisionSet
 from lhotse.recipes.gigaspeech import parse_utterance
 
@@ -67,24 +67,15 @@ def normalize_text(text: str) -> str | None:
 
 
 def _gigaspeech_json(corpus_dir: Path) -> Iterator[dict[str, Any]]:
+    """The entries of ``GigaSpeech.json``'s ``audios`` list, streamed one at a time."""
     path = corpus_dir / "GigaSpeech.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: GigaSpeech metadata not found")
-    try:
-        import ijson  # streams the multi-GB file of the full corpus
-    except ImportError:
-        ijson = None
     with open(path, "rb") as f:
-        if ijson is not None:
-            yield from ijson.items(f, "audios.item", use_float=True)
-            return
         try:
-            doc = json.load(f)
-        except json.JSONDecodeError as e:
+            yield from ijson.items(f, "audios.item", use_float=True)
+        except ijson.JSONError as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("audios"), list):
-        raise ValueError(f"{path}: expected a top-level 'audios' list")
-    yield from doc["audios"]
 
 
 def prepare_gigaspeech(

@@ -232,12 +232,15 @@ def make_sampler(
     shuffle: bool,
     world_size: int = 1,
     rank: int = 0,
+    duration_bins: list[float] | None = None,
 ) -> DynamicBucketingSampler:
-    """A seeded ``DynamicBucketingSampler`` over the cuts ``cut_filter`` accepts."""
+    """A seeded ``DynamicBucketingSampler`` over the cuts ``cut_filter`` accepts;
+    its buckets estimated from the first cuts unless ``duration_bins`` are given."""
     sampler = DynamicBucketingSampler(
         cuts,
         max_duration=spec.max_duration,
         num_buckets=spec.num_buckets,
+        duration_bins=duration_bins,
         shuffle=shuffle,
         drop_last=False,
         world_size=world_size,
@@ -306,7 +309,11 @@ def sampler_state(
     DataLoader workers prefetch batches, so the sampler itself has run ahead of
     the training loop; the state is rewritten to count only consumed batches, so
     that :func:`restore_sampler` continues with exactly the next unseen batch.
+    A sampler that is not a lhotse one (``q4asr.data.shar.SharStream``) gives its own
+    state.
     """
+    if not isinstance(sampler, DynamicBucketingSampler):
+        return sampler.state_dict(epoch, batches_done)
     sd = copy.deepcopy(sampler.state_dict())
     sd["epoch"] = epoch
     stats = sd["diagnostics"]["stats_per_epoch"]
@@ -323,6 +330,14 @@ def sampler_state(
 
 def restore_sampler(sampler: DynamicBucketingSampler, state: dict[str, Any]) -> None:
     """Fast-forward ``sampler`` to the position saved by :func:`sampler_state`."""
+    if not isinstance(sampler, DynamicBucketingSampler):
+        sampler.load_state_dict(state)
+        return
+    if "format" in state:
+        raise ValueError(
+            f"the checkpoint's sampler state is a {state['format']} stream's; "
+            "resume with the same --train-cuts"
+        )
     sd = copy.deepcopy(state)
     sd.pop("batches_done", None)
     sampler.load_state_dict(sd)

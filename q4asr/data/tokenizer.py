@@ -77,7 +77,9 @@ class Tokenizer:
         return 0
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        return self.sp.encode(list(texts), out_type=int)
+        # one call per text: given a list, sentencepiece starts a thread pool on every
+        # call (~0.5 ms for one short text on a busy 2-core machine, vs ~3 us)
+        return [self.sp.encode(t, out_type=int) for t in texts]
 
     def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
         return [self.sp.decode([int(i) for i in seq]) for seq in ids]

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,50 @@ def test_multien_recipe_with_ddp_training_and_resume(tmp_path, corpora, monkeypa
     # the headline: mixed 4/8 below all-int8, below float32
     assert systems["qat_mixed48"]["size_bytes"] < systems["qat_w8a8"]["size_bytes"]
     assert systems["qat_w8a8"]["size_bytes"] < systems["float32"]["size_bytes"]
+
+
+@pytest.mark.slow
+def test_multien_recipe_trains_from_shar_shards(tmp_path, corpora):
+    from lhotse import CutSet
+
+    from q4asr.checkpoint import find_latest, load_checkpoint
+
+    d = _recipe(tmp_path)
+    systems = {"systems": [{"name": "float32", "method": "float",
+                            "config": "conf/train.yaml"}]}
+    (d / "conf" / "systems.yaml").write_text(yaml.safe_dump(systems))
+    shar = d / "data" / "shar" / "multien_train"
+    marker = d / "data" / "shar" / ".multien_train.done"
+    # a failed write leaves neither shards nor a .done marker
+    r = run(d, corpora, "--stop-stage", "10", "--train-launcher", "", "--train-shar",
+            "true", "--shar-shard-size", "0", check=False)
+    assert r.returncode != 0 and "shard size 0: must be at least 1" in r.stderr
+    assert not marker.exists() and not shar.exists()
+
+    ddp = ["--train-launcher", "torchrun --standalone --nproc-per-node 2"]
+    run(d, corpora, "--stop-stage", "12", "--train-shar", "true", "--shar-shard-size",
+        "4", "--max-steps", "2", *ddp)
+    assert marker.exists()
+    index = {p.name.split(".")[0] for p in shar.iterdir()}
+    assert index == {"cuts", "features"} and len(list(shar.glob("cuts.*"))) == 5
+    jsonl = CutSet.from_file(d / "data/fbank/multien_cuts_train.jsonl.gz")
+    from_shar = CutSet.from_shar(in_dir=shar)
+    assert sorted(c.id for c in from_shar) == sorted(c.id for c in jsonl)
+    assert "--train-cuts data/shar/multien_train " in (d / "exp/commands.log").read_text()
+    exp = d / "exp" / "float32"
+    summ = json.loads((exp / "train_summary.json").read_text())
+    assert summ["steps"] == 2 and summ["world_size"] == 2
+    pos = load_checkpoint(find_latest(exp))["sampler"]
+    assert pos["format"] == "lhotse-shar" and pos["num_shards"] == 5
+    assert sum(map(sum, pos["batches"])) == 2 * pos["batches_done"]
+
+    # the same shards read through an index of pipe commands (as from an object store)
+    index = d / "data" / "shar" / "train.shar.json"
+    subprocess.run([sys.executable, "-m", "q4asr.data.shar", "index", str(shar),
+                    "--url-prefix", str(shar), "--pipe", "cat {url}", "--out", str(index)],
+                   check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    shutil.rmtree(exp)
+    run(d, corpora, "--stage", "12", "--stop-stage", "12", "--train-shar", "true",
+        "--shar-index", "data/shar/train.shar.json", "--max-steps", "2", *ddp)
+    assert "--train-cuts data/shar/train.shar.json " in (d / "exp/commands.log").read_text()
+    assert json.loads((exp / "train_summary.json").read_text())["steps"] == 2

@@ -13,6 +13,9 @@
 # Stages (each logged and timed; finished work is skipped through .done markers that are
 # written only on success; --stage/--stop-stage start and stop anywhere; DATA is --data-dir):
 #   10 features  fbank cuts for every part         -> DATA/fbank/<prefix>_cuts_<part>.jsonl.gz
+#                with --train-shar true, also the training cuts as Lhotse Shar shards
+#                (python -m q4asr.data.shar write) -> DATA/shar/<prefix>_<train-part>/
+#                that training then streams instead of the jsonl manifest
 #   11 bpe       sentencepiece model on train text -> DATA/lang_bpe_<nbpe>/bpe.model
 #   12 train     one run per float/qat system      -> exp/<system>/
 #   13 average   last --avg checkpoints per system -> exp/<system>/avg.pt
@@ -32,6 +35,11 @@
 #   --speed-perturb "0.9 1.1"  speed-perturbed copies of the training part(s) (stage 10)
 #   --train-launcher "torchrun --nproc-per-node 8"  runs `LAUNCHER -m q4asr.bin.train` for
 #                         distributed training (default: plain q4asr-train, one process)
+#   --train-shar true     train from Lhotse Shar shards (for large corpora on many nodes);
+#   --shar-fields "features"  what the shards hold: features and/or recording (audio)
+#   --shar-shard-size 1000    cuts per shard (write at least ranks x workers shards)
+#   --shar-index FILE.shar.json  train from these shards instead (the same shards copied to
+#                         an object store: python -m q4asr.data.shar index)
 set -euo pipefail
 
 stage=10
@@ -54,6 +62,10 @@ results_md=RESULTS.md
 train_parts=
 speed_perturb=
 train_launcher=
+train_shar=false
+shar_fields=features
+shar_shard_size=1000
+shar_index=
 
 Q4ASR_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
 . "$Q4ASR_ROOT/tools/parse_options.sh"
@@ -80,6 +92,13 @@ if [ -n "$train_parts" ]; then
   feat_opts+=(--mux-parts $train_parts --mux-name "$train_part")
 fi
 [ -n "$speed_perturb" ] && feat_opts+=(--speed-perturb $speed_perturb --perturb-parts "${feat_parts[@]}")
+case "$train_shar" in
+  true|false) ;;
+  *) echo "$0: --train-shar $train_shar: expected true or false" >&2; exit 1 ;;
+esac
+train_cuts=$fbank_dir/${prefix}_cuts_${train_part}.jsonl.gz
+shar_dir=$data_dir/shar/${prefix}_${train_part}
+$train_shar && train_cuts=${shar_index:-$shar_dir}
 launcher=(q4asr-train)
 [ -n "$train_launcher" ] && read -ra launcher <<< "$train_launcher -m q4asr.bin.train"
 
@@ -88,6 +107,11 @@ if run_stage 10 "compute fbank features for ${feat_parts[*]} $dev_part $test_par
     python -m q4asr.data.features --manifests "$manifest_dir" --out-dir "$fbank_dir" \
       --prefix "$prefix" --parts "${feat_parts[@]}" $dev_part $test_parts --nj "$nj" \
       "${feat_opts[@]}"
+  if $train_shar; then
+    done_or_run "$data_dir/shar/.${prefix}_${train_part}.done" \
+      python -m q4asr.data.shar write --cuts "$fbank_dir/${prefix}_cuts_${train_part}.jsonl.gz" \
+        --out-dir "$shar_dir" --fields $shar_fields --shard-size "$shar_shard_size" --nj "$nj"
+  fi
   end_stage
 fi
 
@@ -115,7 +139,7 @@ train_system() {
   fi
   done_or_run "$exp_dir/$name/.train.done" \
     "${launcher[@]}" --config "$config" --exp-dir "$exp_dir/$name" \
-      --train-cuts "$fbank_dir/${prefix}_cuts_${train_part}.jsonl.gz" \
+      --train-cuts "$train_cuts" \
       --valid-cuts "$fbank_dir/${prefix}_cuts_${dev_part}.jsonl.gz" \
       --bpe-model "$bpe_model" "${args[@]}" "${steps_opt[@]}"
 }

@@ -13,6 +13,9 @@
 #   --train-launcher "torchrun --nnodes 4 --nproc-per-node 8 --rdzv-backend c10d
 #                     --rdzv-endpoint HOST:29500 --rdzv-id multien"   (see README.md)
 #   --openslr-url URL   OpenSLR or one of its mirrors, for the LibriSpeech download
+#   --train-shar true  train from Lhotse Shar shards of the muxed training cuts (stage 10
+#                      writes them, --shar-shard-size cuts each; --shar-index FILE.shar.json
+#                      reads them from an object store instead; see README.md)
 #   any other option of egs/TEMPLATE/ASR/asr.sh (--max-steps, --systems...) is passed on
 # Stages: 0 download LibriSpeech if missing; check the other corpora
 #         1 LibriSpeech manifests (lhotse prepare librispeech)
