@@ -49,8 +49,12 @@ def _triton():
     return _build_kernels()
 
 
+# Triton reads it when the kernels are defined: fixed for the process
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    return _INTERPRET
 
 
 def enabled(t: torch.Tensor) -> bool:
@@ -72,12 +76,15 @@ def status() -> dict:
 
 
 def _guarded(fn):
-    """A kernel launcher that, when a kernel cannot run here (e.g. Triton cannot
-    compile it for this GPU), switches the fused path off, logs why once and returns
-    None: the caller then takes the reference path."""
+    """A kernel launcher that returns None where the fused path does not run on its
+    first argument's device (:func:`enabled`), and, when a kernel cannot run here
+    (e.g. Triton cannot compile it for this GPU), switches the fused path off, logs
+    why once and returns None: the caller then takes the reference path."""
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
+        if not enabled(args[0]):
+            return None
         try:
             return fn(*args, **kwargs)
         except AssertionError:
@@ -224,7 +231,8 @@ def _build_kernels():
 def quantize_rows(
     x: torch.Tensor, bits: int, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Per-row symmetric quantization in one kernel (None if it cannot run here).
+    """Per-row symmetric quantization in one kernel (None where the fused path does
+    not run).
 
     Args:
       x: (M, K) float32, bfloat16 or float16, last dim contiguous.
@@ -256,8 +264,8 @@ def int_mm_rescale(
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
 ) -> torch.Tensor | None:
-    """``(float32(a @ b^T) * (sx * sw) + bias).to(out_dtype)`` in one kernel (None if
-    it cannot run here).
+    """``(float32(a @ b^T) * (sx * sw) + bias).to(out_dtype)`` in one kernel (None
+    where the fused path does not run).
 
     Args:
       a: (M, K) int8; b: (N, K) int8 (any strides).
@@ -272,8 +280,8 @@ def int_mm_rescale(
     assert a.ndim == 2 and b.ndim == 2 and a.shape[1] == b.shape[1], (a.shape, b.shape)
     M, K = a.shape
     N = b.shape[0]
-    sx = sx.reshape(-1).to(torch.float32)
-    sw = sw.reshape(-1).to(torch.float32)
+    sx = sx.reshape(-1).to(torch.float32).contiguous()
+    sw = sw.reshape(-1).to(torch.float32).contiguous()
     assert sx.numel() in (1, M) and sw.numel() in (1, N), (sx.shape, sw.shape, M, N)
     c = torch.empty(M, N, dtype=out_dtype, device=a.device)
     if M == 0 or N == 0:

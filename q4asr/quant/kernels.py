@@ -134,11 +134,7 @@ def int_linear(
         qx.shape,
         qw.shape,
     )
-    y = (
-        fused.int_mm_rescale(qx, qw, sx, sw, bias, out_dtype)
-        if fused.enabled(qx)
-        else None
-    )
+    y = fused.int_mm_rescale(qx, qw, sx, sw, bias, out_dtype)
     if y is not None:
         return y
     y = rescale(int_mm(qx, qw.t()), sx, sw.reshape(1, -1))
@@ -197,14 +193,13 @@ def int_conv2d(
         (s0, stride[0] * s1, stride[1] * s2, dilation[0] * s1, dilation[1] * s2, s3),
     ).reshape(N * Ho * Wo, kh * kw * C)
     w2 = qw.permute(0, 2, 3, 1).reshape(n_out, kh * kw * C)
-    if fused.enabled(cols):
-        # the per-sample scale of every patch row (one value if per tensor)
-        sx_rows = sx.reshape(-1, 1)
-        if sx_rows.shape[0] > 1:
-            sx_rows = sx_rows.expand(-1, Ho * Wo)
-        y = fused.int_mm_rescale(cols, w2, sx_rows, sw, bias, out_dtype)
-        if y is not None:
-            return y.view(N, Ho, Wo, n_out).permute(0, 3, 1, 2)
+    # the per-sample scale of every patch row (one value if per tensor): a view
+    sx_rows = sx.reshape(-1, 1)
+    if sx_rows.shape[0] > 1:
+        sx_rows = sx_rows.expand(-1, Ho * Wo)
+    y = fused.int_mm_rescale(cols, w2, sx_rows, sw, bias, out_dtype)
+    if y is not None:
+        return y.view(N, Ho, Wo, n_out).permute(0, 3, 1, 2)
     acc = int_mm(cols, w2.t()).reshape(N, Ho * Wo, n_out)
     y = rescale(acc, sx.reshape(-1, 1, 1), sw.reshape(1, 1, -1))
     if bias is not None:
