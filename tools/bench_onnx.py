@@ -15,10 +15,11 @@ For each: the bytes of encoder.onnx + decoder.onnx + joiner.onnx; the encoder ti
 onnxruntime on the same features (median over round-robin repeats); the real-time
 factor of sherpa-onnx (``OfflineRecognizer.from_transducer``, greedy search, features
 from the audio) on the same audio. With ``--exp DIR`` the models are a recipe's
-trained ones (``DIR/<system>/model.safetensors`` for float32, qat_w8a8, qat_w4a8,
-qat_mixed48) and ``--manifests`` gives its test audio and texts: then WER too. Without,
-the model has random weights (the rest of tools/bench.py does the same) and the audio
-is speech synthesised by espeak-ng; WER is then not reported.
+trained ones (``DIR/<system>/model.safetensors``: float32, and for each integer row its
+QAT system, else its PTQ one, else the row is left out) and ``--manifests`` gives its
+test audio and texts: then WER too. Without, the model has random weights of the
+``--train-config`` model (the rest of tools/bench.py does the same) and the audio is
+speech synthesised by espeak-ng; WER is then not reported.
 
     python tools/bench_onnx.py --markdown BENCHMARKS.md     # replaces its section
     python tools/bench.py --onnx ...                        # as part of the whole run
@@ -51,12 +52,14 @@ PLANS = {
     "onnx_q4asr_mixed48": "mixed48.yaml",
 }
 SYSTEMS = ("onnx_float32", "onnx_dynamic_int8", *PLANS)
-RECIPE_SYSTEMS = {  # benchmark system -> recipe system (with --exp)
-    "onnx_float32": "float32",
-    "onnx_dynamic_int8": "float32",
-    "onnx_q4asr_int8": "qat_w8a8",
-    "onnx_q4asr_int4": "qat_w4a8",
-    "onnx_q4asr_mixed48": "qat_mixed48",
+# benchmark system -> the recipe systems that can stand for it (with --exp), the
+# first one the recipe has made is used; a system with none is left out
+RECIPE_SYSTEMS = {
+    "onnx_float32": ("float32",),
+    "onnx_dynamic_int8": ("float32",),
+    "onnx_q4asr_int8": ("qat_w8a8", "ptq_w8a8"),
+    "onnx_q4asr_int4": ("qat_w4a8", "ptq_w4a8"),
+    "onnx_q4asr_mixed48": ("qat_mixed48", "ptq_mixed48"),
 }
 BEGIN, END = "<!-- bench_onnx:begin -->", "<!-- bench_onnx:end -->"
 
@@ -146,16 +149,31 @@ def recipe_setup(exp: Path, manifests: Path, part: str, n_utts: int):
     from q4asr.data.audio import load_audio
     from q4asr.modelfile import load_asr_model
 
-    def model(system: str):
-        path = exp / system / "model.safetensors"
-        if not path.is_file():
-            raise SystemExit(
-                f"error: {path}: no such model file (run the recipe first)"
-            )
-        return load_asr_model(path)
+    def made(name: str) -> str | None:
+        return next(
+            (
+                s
+                for s in RECIPE_SYSTEMS[name]
+                if (exp / s / "model.safetensors").is_file()
+            ),
+            None,
+        )
 
-    base = model(RECIPE_SYSTEMS["onnx_float32"])
-    int_models = {name: model(RECIPE_SYSTEMS[name]) for name in PLANS}
+    if made("onnx_float32") is None:
+        raise SystemExit(
+            f"error: {exp}/float32/model.safetensors: no such model file "
+            "(run the recipe first)"
+        )
+    used = {name: made(name) for name in SYSTEMS}
+    for name, system in used.items():
+        if system is None:
+            log.info("%s left out: %s has none of %s", name, exp, RECIPE_SYSTEMS[name])
+    base = load_asr_model(exp / used["onnx_float32"] / "model.safetensors")
+    int_models = {
+        name: load_asr_model(exp / used[name] / "model.safetensors")
+        for name in PLANS
+        if used[name]
+    }
     recs = load_manifest(manifests / f"synth_recordings_{part}.jsonl.gz")
     sups = {
         s.recording_id: s.text
@@ -165,7 +183,7 @@ def recipe_setup(exp: Path, manifests: Path, part: str, n_utts: int):
         (r.id, load_audio(r.sources[0].source, 16000).numpy(), sups[r.id])
         for r in list(recs)[:n_utts]
     ]
-    return base, int_models, audio
+    return base, int_models, audio, {k: v for k, v in used.items() if v}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -181,12 +199,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.time()
     work = Path(tempfile.mkdtemp(prefix="q4asr_bench_onnx_"))
     if args.exp:
-        base, int_models, audio = recipe_setup(
+        base, int_models, audio, used = recipe_setup(
             args.exp, args.manifests, args.part, args.utts
         )
     else:
         cfg = args.model_config
         base, int_models, audio = synthetic_setup(cfg, work, args.utts)
+        used = {}
+    systems = ("onnx_float32", "onnx_dynamic_int8", *int_models)
     dirs: dict[str, Path] = {"onnx_float32": work / "onnx_float32"}
     export_onnx(base, dirs["onnx_float32"])
     dirs["onnx_dynamic_int8"] = work / "onnx_dynamic_int8"
@@ -194,7 +214,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name, asr in int_models.items():
         dirs[name] = work / name
         export_onnx(asr, dirs[name])
-    sizes = {s: onnx_bytes(dirs[s]) for s in SYSTEMS}
+    sizes = {s: onnx_bytes(dirs[s]) for s in systems}
 
     # the same features for every encoder (lhotse fbank, one padded batch)
     ext = fbank_extractor(base.model.cfg.num_mel_bins)
@@ -210,18 +230,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         s: ort.InferenceSession(
             str(dirs[s] / "encoder.onnx"), so, providers=["CPUExecutionProvider"]
         )
-        for s in SYSTEMS
+        for s in systems
     }
-    recognizers = {s: sherpa_recognizer(dirs[s], num_threads=1) for s in SYSTEMS}
+    recognizers = {s: sherpa_recognizer(dirs[s], num_threads=1) for s in systems}
     samples = [a for _, a, _ in audio]
-    enc_t: dict[str, list[float]] = {s: [] for s in SYSTEMS}
-    rtf_t: dict[str, list[float]] = {s: [] for s in SYSTEMS}
+    enc_t: dict[str, list[float]] = {s: [] for s in systems}
+    rtf_t: dict[str, list[float]] = {s: [] for s in systems}
     texts: dict[str, list[str]] = {}
-    for s in SYSTEMS:  # warm-up (and the hypotheses)
+    for s in systems:  # warm-up (and the hypotheses)
         encoders[s].run(None, {"x": x, "x_lens": lens})
         texts[s] = sherpa_transcribe(recognizers[s], samples, 16000)
     for _ in range(args.repeats):  # round robin: load from others falls on all alike
-        for s in SYSTEMS:
+        for s in systems:
             t = time.perf_counter()
             encoders[s].run(None, {"x": x, "x_lens": lens})
             enc_t[s].append(time.perf_counter() - t)
@@ -229,7 +249,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sherpa_transcribe(recognizers[s], samples, 16000)
             rtf_t[s].append((time.perf_counter() - t) / audio_s)
     rows = {}
-    for s in SYSTEMS:
+    for s in systems:
         row = {
             "bytes": sizes[s],
             "x_smaller": sizes["onnx_float32"] / sizes[s],
@@ -258,9 +278,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "load_average": [round(v, 2) for v in os.getloadavg()],
         "seconds": round(time.time() - t0, 1),
         "systems": rows,
+        "recipe_systems": used,
         "hypotheses_equal_float32": {
             s: sum(a == b for a, b in zip(texts[s], texts["onnx_float32"]))
-            for s in SYSTEMS
+            for s in systems
         },
     }
     r["goals"] = goals(r)
@@ -281,34 +302,46 @@ def versions() -> dict[str, str]:
 
 
 def goals(r: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets, checked on this run's figures."""
+    """The issue's targets, checked on this run's figures; a target whose systems
+    were left out is listed as not run."""
     s = r["systems"]
-    g = [
-        {
-            "goal": "q4asr int4 ONNX >= 7x smaller than float32 ONNX",
-            "value": f"{s['onnx_q4asr_int4']['x_smaller']:.2f}x",
-            "met": s["onnx_q4asr_int4"]["x_smaller"] >= 7,
-        },
-        {
-            "goal": "q4asr int8 ONNX RTF >= 1.6x better than float32 ONNX",
-            "value": f"{s['onnx_q4asr_int8']['rtf_x_better']:.2f}x",
-            "met": s["onnx_q4asr_int8"]["rtf_x_better"] >= 1.6,
-        },
-        {
-            "goal": "q4asr int8 ONNX RTF no worse than quantize_dynamic int8",
-            "value": f"{s['onnx_q4asr_int8']['rtf']:.4f} vs "
-            f"{s['onnx_dynamic_int8']['rtf']:.4f}",
-            "met": s["onnx_q4asr_int8"]["rtf"] <= s["onnx_dynamic_int8"]["rtf"],
-        },
-    ]
-    if r["trained"]:
+    g = []
+
+    def goal(text: str, needs: tuple[str, ...], value, met) -> None:
+        ran = all(n in s for n in needs)
         g.append(
             {
-                "goal": "WER of q4asr int4 ONNX no worse than quantize_dynamic int8",
-                "value": f"{s['onnx_q4asr_int4']['wer']:.2f} vs "
-                f"{s['onnx_dynamic_int8']['wer']:.2f}",
-                "met": s["onnx_q4asr_int4"]["wer"] <= s["onnx_dynamic_int8"]["wer"],
+                "goal": text,
+                "value": value() if ran else "not run",
+                "met": met() if ran else None,
             }
+        )
+
+    int4, int8, dyn = "onnx_q4asr_int4", "onnx_q4asr_int8", "onnx_dynamic_int8"
+    goal(
+        "q4asr int4 ONNX >= 7x smaller than float32 ONNX",
+        (int4,),
+        lambda: f"{s[int4]['x_smaller']:.2f}x",
+        lambda: s[int4]["x_smaller"] >= 7,
+    )
+    goal(
+        "q4asr int8 ONNX RTF >= 1.6x better than float32 ONNX",
+        (int8,),
+        lambda: f"{s[int8]['rtf_x_better']:.2f}x",
+        lambda: s[int8]["rtf_x_better"] >= 1.6,
+    )
+    goal(
+        "q4asr int8 ONNX RTF no worse than quantize_dynamic int8",
+        (int8,),
+        lambda: f"{s[int8]['rtf']:.4f} vs {s[dyn]['rtf']:.4f}",
+        lambda: s[int8]["rtf"] <= s[dyn]["rtf"],
+    )
+    if r["trained"]:
+        goal(
+            "WER of q4asr int4 ONNX no worse than quantize_dynamic int8",
+            (int4,),
+            lambda: f"{s[int4]['wer']:.2f} vs {s[dyn]['wer']:.2f}",
+            lambda: s[int4]["wer"] <= s[dyn]["wer"],
         )
     return g
 
@@ -329,7 +362,9 @@ def render(r: dict[str, Any]) -> str:
         f"Model: Conformer transducer, {r['num_params']:,} parameters (d_model "
         f"{cfg['d_model']}, {cfg['num_layers']} layers, vocab {cfg['vocab_size']}), "
         + (
-            "the demo recipe's trained models."
+            "the recipe's trained models ("
+            + ", ".join(f"{k}: {v}" for k, v in r["recipe_systems"].items())
+            + ")."
             if r["trained"]
             else "random weights (speed and size only)."
         ),
@@ -381,7 +416,8 @@ def render(r: dict[str, Any]) -> str:
         "|---|---|---|",
     ]
     L += [
-        f"| {g['goal']} | {g['value']} | {'yes' if g['met'] else '**no**'} |"
+        f"| {g['goal']} | {g['value']} | "
+        f"{'-' if g['met'] is None else 'yes' if g['met'] else '**no**'} |"
         for g in r["goals"]
     ]
     L += ["", END]
@@ -415,6 +451,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(ap)
     ap.add_argument("--small", action="store_true", help="the small model of bench.py")
+    ap.add_argument(
+        "--train-config",
+        type=Path,
+        default=RECIPE / "conf/train.yaml",
+        help="YAML whose model: section is the random-weight model (without --exp)",
+    )
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument(
         "--markdown",
@@ -431,7 +473,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     args.argv = argv
     args.repeats = args.onnx_repeats
-    args.model_config = model_config(args.small, RECIPE / "conf/train.yaml")
+    args.model_config = model_config(args.small, args.train_config)
     r = run(args)
     text = json.dumps(r, indent=1)
     print(text)

@@ -379,3 +379,53 @@ def test_export_onnx_cli_errors(systems, tmp_path):
     assert r.returncode == 1 and "missing.safetensors" in r.stderr
     assert "Traceback" not in r.stderr
     assert not Path(tmp_path / "o" / "encoder.onnx").exists()
+
+
+def test_bench_onnx_on_a_recipe_exp_dir(systems, tiny_corpus, tmp_path):
+    """tools/bench_onnx.py --exp on a recipe's models: every system that the exp dir
+    has is exported, timed and scored (WER); an integer row without a model (here
+    mixed 4/8) is left out."""
+    import argparse
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+    import bench_onnx
+
+    exp = tmp_path / "exp"
+    for system, name in (
+        ("float32", "float"),
+        ("ptq_w8a8", "ptq_w8a8"),
+        ("qat_w4a8", "qat_w4a8"),
+    ):
+        (exp / system).mkdir(parents=True)
+        (exp / system / "model.safetensors").symlink_to(systems[name][0])
+    args = argparse.Namespace(
+        exp=exp,
+        manifests=tiny_corpus.manifest_dir,
+        part="test",
+        utts=4,
+        repeats=1,
+        argv=["--exp", str(exp)],
+    )
+    r = bench_onnx.run(args)
+    assert r["trained"] and r["utterances"] == 4
+    assert r["recipe_systems"] == {
+        "onnx_float32": "float32",
+        "onnx_dynamic_int8": "float32",
+        "onnx_q4asr_int8": "ptq_w8a8",
+        "onnx_q4asr_int4": "qat_w4a8",
+    }
+    assert list(r["systems"]) == [
+        "onnx_float32",
+        "onnx_dynamic_int8",
+        "onnx_q4asr_int8",
+        "onnx_q4asr_int4",
+    ]
+    for row in r["systems"].values():
+        assert 0 <= row["wer"] and row["rtf"] > 0 and row["bytes"] > 0
+    size = {k: row["bytes"] for k, row in r["systems"].items()}
+    assert size["onnx_q4asr_int4"] < size["onnx_q4asr_int8"] < size["onnx_float32"]
+    goals = {g["goal"]: g for g in r["goals"]}
+    wer_goal = goals["WER of q4asr int4 ONNX no worse than quantize_dynamic int8"]
+    assert wer_goal["met"] in (True, False) and wer_goal["value"] != "not run"
+    md = bench_onnx.render(r)
+    assert "onnx_q4asr_int4: qat_w4a8" in md and "onnx_q4asr_mixed48" not in md
