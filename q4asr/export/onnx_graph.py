@@ -78,6 +78,31 @@ def to_uint8(xq: torch.Tensor) -> torch.Tensor:
     return (xq + 128.0).to(torch.uint8)
 
 
+class _QuantizeLinear(torch.autograd.Function):
+    """uint8 ``round(x / s) + 128`` for a dynamic scale ``s = max|x| / qmax``.
+
+    x: (R, K) float32 with s: (R,) (one scale a row), or x of any shape with s: ()
+    (one for the tensor). Exported as one ``QuantizeLinear`` (per axis 0 for rows,
+    zero point 128): it divides by the scale and rounds half to even, as q4asr does,
+    in one pass instead of the six of Div, Round, Max, Min, Add and Cast. q4asr's
+    clamp to +-qmax is not needed: with ``s = fl(max|x| / qmax)``, ``|x| / s`` stays
+    below ``qmax + 1/2``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        q = torch.round(x / (s.reshape(-1, 1) if s.ndim else s))
+        return (q + 128.0).clamp(0.0, 255.0).to(torch.uint8)
+
+    @staticmethod
+    def symbolic(g, x, s):
+        zp = g.op("Constant", value_t=torch.tensor(128, dtype=torch.uint8))
+        if s.type().dim() == 0:
+            return g.op("QuantizeLinear", x, s, zp)
+        zp = g.op("Expand", zp, g.op("Shape", s))  # per axis: one zero point a row
+        return g.op("QuantizeLinear", x, s, zp, axis_i=0)
+
+
 class _MatMulInteger(torch.autograd.Function):
     """Integer product of quantized activations and a quantized weight.
 
@@ -228,6 +253,22 @@ class _OnnxQuant(nn.Module):
             s = torch.maximum(amax, torch.tensor(EPS)) / qmax
         return torch.minimum(torch.maximum(torch.round(x / s), -qmax), qmax), s
 
+    def quantize_act_u8(self, x: torch.Tensor, keep: int):
+        """x -> (uint8 ``q + 128``, scale broadcastable to x), q as
+        :meth:`quantize_act` with a scale per index of the first ``keep`` dims (1: per
+        sample, ``x.ndim - 1``: per row); one ``QuantizeLinear`` for a dynamic scale."""
+        if self.act_scale is not None:
+            xq, s = self.quantize_act(x, tuple(range(keep, x.ndim)))
+            return to_uint8(xq), s
+        qmax = torch.tensor(float(_qmax(self.act_bits)))
+        if self.act_per_tensor:
+            s = torch.maximum(x.abs().amax(), torch.tensor(EPS)) / qmax
+            return _QuantizeLinear.apply(x, s), s.reshape([1] * x.ndim)
+        rows = x.flatten(0, keep - 1).flatten(1)  # (R, K)
+        s = torch.maximum(rows.abs().amax(dim=1), torch.tensor(EPS)) / qmax
+        xu = _QuantizeLinear.apply(rows, s).reshape(x.shape)
+        return xu, s.reshape(*x.shape[:keep], *[1] * (x.ndim - keep))
+
     def weight_float(self) -> torch.Tensor:
         """(K, n_out) float32: the float weight, or the dequantized integer one."""
         if self.int_w is None:
@@ -236,14 +277,13 @@ class _OnnxQuant(nn.Module):
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., K) -> (..., n_out), with q4asr's per-row activation scale."""
+        if self.act_bits is not None and self.int_w is not None:
+            xu, sx = self.quantize_act_u8(x, x.ndim - 1)
+            acc = _MatMulInteger.apply(xu, self.int_w(), self.int_w.biased)
+            y = acc * scale_product(sx, self.w_scale)
+            return y + self.bias if self.bias is not None else y
         if self.act_bits is not None:
             xq, sx = self.quantize_act(x, (-1,))
-            if self.int_w is not None:
-                acc = _MatMulInteger.apply(
-                    to_uint8(xq), self.int_w(), self.int_w.biased
-                )
-                y = acc * scale_product(sx, self.w_scale)
-                return y + self.bias if self.bias is not None else y
             x = xq * sx
         y = torch.matmul(x, self.weight_float())
         return y + self.bias if self.bias is not None else y
@@ -353,18 +393,19 @@ class OnnxConv2d(_OnnxQuant):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = (self.stride, self.padding, self.dilation)
+        if self.act_bits is not None and self.int_w is not None:
+            xu, sx = self.quantize_act_u8(x, 1)
+            cols = self._patches(xu)  # (N, Ho, Wo, K)
+            acc = _MatMulInteger.apply(cols, self.int_w(), self.int_w.biased)
+            scale = scale_product(
+                sx.reshape(-1, 1, 1, 1), self.w_scale.reshape(1, 1, 1, -1)
+            )
+            y = acc * scale
+            if self.bias is not None:
+                y = y + self.bias
+            return y.permute(0, 3, 1, 2)
         if self.act_bits is not None:
             xq, sx = self.quantize_act(x, (1, 2, 3))
-            if self.int_w is not None:
-                cols = self._patches(to_uint8(xq))  # (N, Ho, Wo, K)
-                acc = _MatMulInteger.apply(cols, self.int_w(), self.int_w.biased)
-                scale = scale_product(
-                    sx.reshape(-1, 1, 1, 1), self.w_scale.reshape(1, 1, 1, -1)
-                )
-                y = acc * scale
-                if self.bias is not None:
-                    y = y + self.bias
-                return y.permute(0, 3, 1, 2)
             x = xq * sx
         w = self.weight_float().t().reshape(self.weight_shape)
         return F.conv2d(x, w, self.bias, *conv)
