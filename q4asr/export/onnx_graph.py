@@ -24,8 +24,9 @@ How: the model is traced by PyTorch's TorchScript-based exporter
 (``IntLinear``, ``IntConv1d``, ``IntConv2d``, ``IntEmbedding`` of :mod:`q4asr.quant`)
 swapped for an export module (:func:`onnx_module`) that writes the same arithmetic
 as ONNX ops: per-row (or per-sample, per-group, per-tensor) scale ``max|x| / qmax``
-in the graph, ``Round`` (half to even, as ``torch.round``), ``Clip``, then
-``MatMulInteger`` on uint8 activations (``q + 128``, zero point 128; Conv1d and Conv2d
+in the graph, one ``QuantizeLinear`` to uint8 ``q + 128`` (half to even, as
+``torch.round``; ``Round`` and a clamp for a static scale), then
+``MatMulInteger`` on those uint8 activations (zero point 128; Conv1d and Conv2d
 with groups=1 on unfolded patches, as q4asr computes them) with int32 sums, ``Cast`` to float32, ``acc * (s_x * s_w)``, ``+ bias``: the order of
 :mod:`q4asr.quant.kernels`, so each integer layer's output equals q4asr's bit for bit
 on the same input (tested). Grouped/depthwise convolutions convolve integer values
