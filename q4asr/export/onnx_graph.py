@@ -225,7 +225,7 @@ class _OnnxQuant(nn.Module):
         self.int_w: _IntWeight | None = None
         if q is not None:
             q = q.reshape(n_out, -1)
-            self.register_buffer("w_scale", m.w_scale.float().reshape(1, -1).clone())
+            self.register_buffer("stored_w_scale", m.w_scale.reshape(1, -1).clone())
             int_product = m.act_bits is not None
             biased = int_product and m.weight_bits > MAX_S8_WEIGHT_BITS
             self.int_w = _IntWeight(q, m.weight_bits, biased)
@@ -235,10 +235,19 @@ class _OnnxQuant(nn.Module):
                 "float_w", m.weight.float().reshape(n_out, -1).t().clone()
             )
         b = m.bias
-        if b is not None:
-            self.register_buffer("bias", b.float().clone())
-        else:
-            self.bias = None
+        self.register_buffer("stored_bias", None if b is None else b.clone())
+
+    # Weight scales and biases are kept in the file in the dtype q4asr stores them in
+    # (bfloat16: half of float32's bytes), and cast to float32 in the graph: exact, and
+    # onnxruntime folds the Casts into float32 constants when it loads the model.
+    @property
+    def w_scale(self) -> torch.Tensor:
+        return self.stored_w_scale.float()
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        b = self.stored_bias
+        return None if b is None else b.float()
 
     def quantize_act(self, x: torch.Tensor, reduce_dims: tuple[int, ...]):
         """x -> (integer-valued float32 q, scale broadcastable to x): q4asr's
@@ -425,12 +434,13 @@ class OnnxEmbedding(nn.Module):
             self.register_buffer("table", m.weight.float().clone())
         else:
             self.int_w = _IntWeight(q, m.weight_bits, biased=False)
-            self.register_buffer("w_scale", m.w_scale.float().reshape(1, -1).clone())
+            self.register_buffer("stored_w_scale", m.w_scale.reshape(1, -1).clone())
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.int_w is None:
             return F.embedding(ids, self.table)
-        table = (self.int_w.signed_float() * self.w_scale).t()  # (vocab, dim)
+        w_scale = self.stored_w_scale.float()
+        table = (self.int_w.signed_float() * w_scale).t()  # (vocab, dim)
         return F.embedding(ids, table)
 
 
