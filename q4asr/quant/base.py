@@ -53,12 +53,16 @@ class QuantModule:
     qname: str
 
     def _init_quant(self, precision: Precision, qname: str, act: bool = True) -> None:
-        self.precision = precision
-        self.qname = qname
-        self.quant_enabled = True
-        self.observing = False
-        self.act_bits = precision.act_bits if act else None
-        self.weight_bits = precision.weight_bits
+        # plain values, set past nn.Module.__setattr__'s checks (loading a model
+        # builds hundreds of these modules)
+        self.__dict__.update(
+            precision=precision,
+            qname=qname,
+            quant_enabled=True,
+            observing=False,
+            act_bits=precision.act_bits if act else None,
+            weight_bits=precision.weight_bits,
+        )
         if self.act_bits is not None and precision.act_static:
             self.register_buffer("act_amax", torch.zeros(()))  # type: ignore[attr-defined]
         else:

@@ -40,15 +40,16 @@ class IntModule(QuantModule, nn.Module):
     ) -> None:
         nn.Module.__init__(self)
         self._init_quant(precision, qname, act)
-        self.weight_shape = tuple(weight_shape)
+        k = 1
+        for d in weight_shape[1:]:
+            k *= d
+        # plain values past nn.Module.__setattr__ (as in _init_quant); eval mode
+        self.__dict__.update(weight_shape=tuple(weight_shape), k=k, training=False)
         n_out = self.weight_shape[0]
-        self.k = 1
-        for d in self.weight_shape[1:]:
-            self.k *= d
         kw = {"device": device}
         if self.weight_bits is None:
             self.register_buffer("weight", torch.empty(n_out, self.k, **kw))
-            self.qweight = self.w_scale = None
+            self.__dict__.update(qweight=None, w_scale=None)
         else:
             cols = (self.k + 1) // 2 if self.packed else self.k
             dtype = torch.uint8 if self.packed else torch.int8
@@ -57,14 +58,13 @@ class IntModule(QuantModule, nn.Module):
             self.register_buffer(
                 "w_scale", torch.empty(rows, 1, dtype=SCALE_DTYPE, **kw)
             )
-            self.weight = None
+            self.__dict__["weight"] = None
         if bias:
             self.register_buffer("bias", torch.empty(n_out, dtype=SCALE_DTYPE, **kw))
         else:
-            self.bias = None
+            self.__dict__["bias"] = None
         if self.act_amax is not None:
             self.act_amax = self.act_amax.to(device)
-        self.eval()
 
     @classmethod
     def like(
@@ -158,7 +158,7 @@ class _IntConv(IntModule):
 
     def __init__(self, weight_shape, precision, qname, bias, args, device=None) -> None:
         super().__init__(weight_shape, precision, qname, bias, device=device)
-        self.conv_args = args
+        self.__dict__["conv_args"] = args
 
     @classmethod
     def _args_of(cls, mod: nn.Module) -> tuple:
@@ -208,7 +208,7 @@ class IntEmbedding(IntModule):
         super().__init__(
             weight_shape, precision, qname, False, act=False, device=device
         )
-        self.padding_idx = padding_idx
+        self.__dict__["padding_idx"] = padding_idx
 
     @staticmethod
     def _args_of(mod: nn.Module) -> tuple:
