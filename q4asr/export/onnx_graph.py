@@ -128,7 +128,8 @@ class _MatMulInteger(torch.autograd.Function):
 
 
 def scale_product(sx: torch.Tensor, sw: torch.Tensor) -> torch.Tensor:
-    """``sx * sw`` in float32, computed as a float64 product rounded once to float32.
+    """``sx * sw`` in float32, computed as a float64 product rounded once to float32
+    (``sw`` float32, or the stored bfloat16 scale: one Cast less in the graph).
 
     The exact product of two float32 values fits in float64, so this is bit for bit
     the float32 product q4asr forms; but it is not a float32 ``Mul`` in the graph.
@@ -274,10 +275,10 @@ class _OnnxQuant(nn.Module):
         if self.act_per_tensor:
             s = torch.maximum(x.abs().amax(), torch.tensor(EPS)) / qmax
             return _QuantizeLinear.apply(x, s), s.reshape([1] * x.ndim)
+        amax = x.abs().amax(dim=tuple(range(keep, x.ndim)), keepdim=True)
+        s = torch.maximum(amax, torch.tensor(EPS)) / qmax
         rows = x.flatten(0, keep - 1).flatten(1)  # (R, K)
-        s = torch.maximum(rows.abs().amax(dim=1), torch.tensor(EPS)) / qmax
-        xu = _QuantizeLinear.apply(rows, s).reshape(x.shape)
-        return xu, s.reshape(*x.shape[:keep], *[1] * (x.ndim - keep))
+        return _QuantizeLinear.apply(rows, s.reshape(-1)).reshape(x.shape), s
 
     def weight_float(self) -> torch.Tensor:
         """(K, n_out) float32: the float weight, or the dequantized integer one."""
@@ -290,7 +291,7 @@ class _OnnxQuant(nn.Module):
         if self.act_bits is not None and self.int_w is not None:
             xu, sx = self.quantize_act_u8(x, x.ndim - 1)
             acc = _MatMulInteger.apply(xu, self.int_w(), self.int_w.biased)
-            y = acc * scale_product(sx, self.w_scale)
+            y = acc * scale_product(sx, self.stored_w_scale)
             return y + self.bias if self.bias is not None else y
         if self.act_bits is not None:
             xq, sx = self.quantize_act(x, (-1,))
@@ -352,7 +353,7 @@ class OnnxConv1d(_OnnxQuant):
                 if n_out != sx.shape[1]:
                     r = n_out // sx.shape[1]
                     sx = sx.unsqueeze(2).expand(-1, -1, r, -1).reshape(-1, n_out, 1)
-                scale = scale_product(sx, self.w_scale.reshape(1, -1, 1))
+                scale = scale_product(sx, self.stored_w_scale.reshape(1, -1, 1))
                 if self.act_scale is not None:
                     # a constant scale would be folded into the Conv weights by
                     # onnxruntime (ConvMulFusion), which rounds differently: expanding
@@ -408,7 +409,7 @@ class OnnxConv2d(_OnnxQuant):
             cols = self._patches(xu)  # (N, Ho, Wo, K)
             acc = _MatMulInteger.apply(cols, self.int_w(), self.int_w.biased)
             scale = scale_product(
-                sx.reshape(-1, 1, 1, 1), self.w_scale.reshape(1, 1, 1, -1)
+                sx.reshape(-1, 1, 1, 1), self.stored_w_scale.reshape(1, 1, 1, -1)
             )
             y = acc * scale
             if self.bias is not None:
