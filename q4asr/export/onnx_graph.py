@@ -127,6 +127,15 @@ class _MatMulInteger(torch.autograd.Function):
         return g.op("Cast", g.op("MatMulInteger", *args), to_i=1)  # FLOAT
 
 
+def _bf16_scales(m: nn.Module) -> torch.Tensor:
+    """An integer module's weight scales as (1, rows) bfloat16: exact, since each is
+    a float8 e4m3 code times a power of two."""
+    s = m.scale_values().reshape(1, -1)
+    b = s.to(torch.bfloat16)
+    assert torch.equal(b.float(), s), m.qname
+    return b
+
+
 def scale_product(sx: torch.Tensor, sw: torch.Tensor) -> torch.Tensor:
     """``sx * sw`` in float32, computed as a float64 product rounded once to float32
     (``sw`` float32, or the stored bfloat16 scale: one Cast less in the graph).
@@ -226,7 +235,7 @@ class _OnnxQuant(nn.Module):
         self.int_w: _IntWeight | None = None
         if q is not None:
             q = q.reshape(n_out, -1)
-            self.register_buffer("stored_w_scale", m.w_scale.reshape(1, -1).clone())
+            self.register_buffer("stored_w_scale", _bf16_scales(m))
             int_product = m.act_bits is not None
             biased = int_product and m.weight_bits > MAX_S8_WEIGHT_BITS
             self.int_w = _IntWeight(q, m.weight_bits, biased)
@@ -235,12 +244,15 @@ class _OnnxQuant(nn.Module):
             self.register_buffer(
                 "float_w", m.weight.float().reshape(n_out, -1).t().clone()
             )
-        b = m.bias
-        self.register_buffer("stored_bias", None if b is None else b.clone())
+        self.register_buffer("stored_bias", None if m.bias is None else m.bias.clone())
+        self.register_buffer(
+            "bias_scale", None if m.bias is None else m.bias_scale.clone()
+        )
 
-    # Weight scales and biases are kept in the file in the dtype q4asr stores them in
-    # (bfloat16: half of float32's bytes), and cast to float32 in the graph: exact, and
-    # onnxruntime folds the Casts into float32 constants when it loads the model.
+    # Weight scales are kept in the file in bfloat16 (exact: a float8 code times a
+    # power of two), biases in int8 with their float32 scale, as q4asr stores them,
+    # and decoded in the graph: exact, and onnxruntime folds the Casts and products
+    # into float32 constants when it loads the model.
     @property
     def w_scale(self) -> torch.Tensor:
         return self.stored_w_scale.float()
@@ -248,7 +260,7 @@ class _OnnxQuant(nn.Module):
     @property
     def bias(self) -> torch.Tensor | None:
         b = self.stored_bias
-        return None if b is None else b.float()
+        return None if b is None else b.float() * self.bias_scale
 
     def quantize_act(self, x: torch.Tensor, reduce_dims: tuple[int, ...]):
         """x -> (integer-valued float32 q, scale broadcastable to x): q4asr's
@@ -435,7 +447,7 @@ class OnnxEmbedding(nn.Module):
             self.register_buffer("table", m.weight.float().clone())
         else:
             self.int_w = _IntWeight(q, m.weight_bits, biased=False)
-            self.register_buffer("stored_w_scale", m.w_scale.reshape(1, -1).clone())
+            self.register_buffer("stored_w_scale", _bf16_scales(m))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.int_w is None:
@@ -558,10 +570,12 @@ def _export(
 ) -> None:
     """Trace ``module`` on ``args`` into ``path``. Constant folding (which gives float
     weights as plain initializers, e.g. for onnxruntime's quantize_dynamic) is off
-    where a weight is stored two a byte or a tensor in bfloat16: folding would store
+    where a weight is stored two a byte or a tensor in bfloat16 or int8: folding would store
     them unpacked, or in float32 (onnxruntime folds them when it loads the model)."""
     packed = any(isinstance(m, _IntWeight) and m.packed for m in module.modules())
-    packed = packed or any(b.dtype == torch.bfloat16 for b in module.buffers())
+    packed = packed or any(
+        b.dtype in (torch.bfloat16, torch.int8) for b in module.buffers()
+    )
     with warnings.catch_warnings():
         warnings.simplefilter(
             "ignore"

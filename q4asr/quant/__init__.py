@@ -21,6 +21,7 @@ from q4asr.quant.integer import (
     IntConv1d,
     IntConv2d,
     IntEmbedding,
+    IntLayerNorm,
     IntLinear,
     IntModule,
 )
@@ -29,6 +30,7 @@ from q4asr.quant.qat import (
     QATConv1d,
     QATConv2d,
     QATEmbedding,
+    QATLayerNorm,
     QATLinear,
 )
 from q4asr.quant.serialize import (
@@ -64,9 +66,11 @@ __all__ = [
     "QATConv1d",
     "QATConv2d",
     "QATEmbedding",
+    "QATLayerNorm",
     "IntModule",
     "IntLinear",
     "IntConv1d",
     "IntConv2d",
     "IntEmbedding",
+    "IntLayerNorm",
 ]

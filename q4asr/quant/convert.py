@@ -16,8 +16,8 @@ import torch.nn as nn
 
 from q4asr.quant.base import QuantModule
 from q4asr.quant.config import PlanError, PrecisionPlan
-from q4asr.quant.integer import QAT_TO_INT, IntModule
-from q4asr.quant.qat import FLOAT_TO_QAT
+from q4asr.quant.integer import QAT_TO_INT, IntLayerNorm, IntModule
+from q4asr.quant.qat import FLOAT_TO_QAT, QATLayerNorm
 
 PLAN_ATTR = "q4asr_plan"
 
@@ -34,9 +34,13 @@ def _named(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _swap(
-    model: nn.Module, plan: PrecisionPlan, make: Callable[..., nn.Module]
+    model: nn.Module,
+    plan: PrecisionPlan,
+    make: Callable[..., nn.Module],
+    make_norm: Callable[[nn.LayerNorm], nn.Module],
 ) -> nn.Module:
-    """Replace every module ``plan`` quantizes by ``make(mod, precision, qname)``,
+    """Replace every module ``plan`` quantizes by ``make(mod, precision, qname)``
+    and, when the plan quantizes anything, every LayerNorm by ``make_norm(mod)``,
     in place (a new object only when the root itself is swapped), and record the
     plan on the root. The checks of :func:`prepare`."""
     if not isinstance(plan, PrecisionPlan):
@@ -61,12 +65,18 @@ def _swap(
             _set_child(model, name, new)
         else:
             model = new
+    if not plan.is_float:  # every LayerNorm of a quantized model
+        for name, mod in named:
+            if name and type(mod) is nn.LayerNorm:
+                _set_child(model, name, make_norm(mod))
     setattr(model, PLAN_ATTR, plan)
     return model
 
 
 def prepare(model: nn.Module, plan: PrecisionPlan) -> nn.Module:
-    """Swap float modules for QAT modules (sharing their Parameters) per ``plan``.
+    """Swap float modules for QAT modules (sharing their Parameters) per ``plan``,
+    and, when the plan quantizes anything, every LayerNorm for a
+    :class:`~q4asr.quant.qat.QATLayerNorm` (parameters stored in bfloat16).
 
     In place; returns the model (a new object only when the root itself is swapped).
     Modules whose precision is float stay untouched; an all-float plan is valid.
@@ -78,7 +88,7 @@ def prepare(model: nn.Module, plan: PrecisionPlan) -> nn.Module:
     def make(mod: nn.Module, precision, qname: str) -> nn.Module:
         return FLOAT_TO_QAT[type(mod)].from_float(mod, precision, qname)
 
-    return _swap(model, plan, make)
+    return _swap(model, plan, make, QATLayerNorm.from_float)
 
 
 def integer_skeleton(model: nn.Module, plan: PrecisionPlan) -> nn.Module:
@@ -93,7 +103,10 @@ def integer_skeleton(model: nn.Module, plan: PrecisionPlan) -> nn.Module:
         qat_cls.check(mod, precision, qname)
         return QAT_TO_INT[qat_cls].like(mod, precision, qname, mod.weight.device)
 
-    return _swap(model, plan, make).eval()
+    def make_norm(mod: nn.LayerNorm) -> nn.Module:
+        return IntLayerNorm.like(mod, next(mod.parameters(), torch.empty(0)).device)
+
+    return _swap(model, plan, make, make_norm).eval()
 
 
 def qat_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:

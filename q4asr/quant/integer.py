@@ -1,10 +1,13 @@
 """Integer (serving) modules: Linear, Conv1d, Conv2d and Embedding.
 
 Storage: ``qweight`` (n_out, K) int8, or (n_out, ceil(K/2)) uint8 with two int4
-values a byte for <= 4-bit weights; ``w_scale`` (n_out, 1) or (1, 1) bfloat16;
-``bias`` bfloat16 (optional; QAT trains with the same rounded bias); ``act_amax`` for a static activation scale; ``weight``
-float32 only when the weights stay float. No float copy of a quantized weight
-exists at any time.
+values a byte for <= 4-bit weights; ``w_scale`` (n_out, 1) or (1, 1) float8 e4m3
+codes and ``w_scale_base`` (1,) float32, a power of two (the scale is their
+product); ``bias`` (n_out,) int8 and ``bias_scale`` (1,) float32 (optional); QAT
+trains with the same scales and bias (:mod:`q4asr.quant.quantizer`); ``act_amax``
+for a static activation scale; ``weight`` float32 only when the weights stay float.
+No float copy of a quantized weight exists at any time. :class:`IntLayerNorm` holds
+a quantized model's LayerNorm parameters in bfloat16.
 
 An integer module is made from shapes and a precision (``IntLinear(...)``, the
 skeleton :func:`q4asr.quant.load_quantized` fills from a file) or from a QAT module
@@ -17,13 +20,27 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from q4asr.quant import ops
 from q4asr.quant.base import QuantModule
 from q4asr.quant.config import Precision
 from q4asr.quant.kernels import pack_int4, unpack_int4
-from q4asr.quant.qat import QATConv1d, QATConv2d, QATEmbedding, QATLinear
-from q4asr.quant.quantizer import SCALE_DTYPE, quantize_weight
+from q4asr.quant.qat import (
+    QATConv1d,
+    QATConv2d,
+    QATEmbedding,
+    QATLayerNorm,
+    QATLinear,
+)
+from q4asr.quant.quantizer import (
+    NORM_DTYPE,
+    SCALE_CODE_DTYPE,
+    decode_scale,
+    quantize,
+    quantize_bias,
+    weight_scale_code,
+)
 
 
 class IntModule(QuantModule, nn.Module):
@@ -56,13 +73,15 @@ class IntModule(QuantModule, nn.Module):
             self.register_buffer("qweight", torch.empty(n_out, cols, dtype=dtype, **kw))
             rows = n_out if precision.weight_granularity == "channel" else 1
             self.register_buffer(
-                "w_scale", torch.empty(rows, 1, dtype=SCALE_DTYPE, **kw)
+                "w_scale", torch.empty(rows, 1, dtype=SCALE_CODE_DTYPE, **kw)
             )
+            self.register_buffer("w_scale_base", torch.empty(1, **kw))
             self.__dict__["weight"] = None
         if bias:
-            self.register_buffer("bias", torch.empty(n_out, dtype=SCALE_DTYPE, **kw))
+            self.register_buffer("bias", torch.empty(n_out, dtype=torch.int8, **kw))
+            self.register_buffer("bias_scale", torch.empty(1, **kw))
         else:
-            self.__dict__["bias"] = None
+            self.__dict__.update(bias=None, bias_scale=None)
         if self.act_amax is not None:
             self.act_amax = self.act_amax.to(device)
 
@@ -94,11 +113,17 @@ class IntModule(QuantModule, nn.Module):
         if self.weight_bits is None:
             self.weight.copy_(w2d)
         else:
-            q, s = quantize_weight(w2d, self.weight_bits, self.w_keep)
+            code, base = weight_scale_code(w2d, self.weight_bits, self.w_keep)
+            q, _ = quantize(
+                w2d, self.weight_bits, self.w_keep, decode_scale(code, base)
+            )
             self.qweight.copy_(pack_int4(q) if self.packed else q)
-            self.w_scale.copy_(s)  # exact: the scale is bfloat16-valued
+            self.w_scale.copy_(code)
+            self.w_scale_base.copy_(base)
         if self.bias is not None:
-            self.bias.copy_(qat.bias.detach())  # rounds as quantizer.round_bias
+            qb, sb = quantize_bias(qat.bias)
+            self.bias.copy_(qb)
+            self.bias_scale.copy_(sb)
         if self.act_amax is not None:
             self.act_amax.copy_(qat.act_amax.detach())
 
@@ -117,12 +142,18 @@ class IntModule(QuantModule, nn.Module):
         if self.qweight is None:
             return self.weight
         return ops.QWeight(
-            self.int_weight(), self.w_scale.float(), self.weight_bits, self.k
+            self.int_weight(), self.scale_values(), self.weight_bits, self.k
         )
+
+    def scale_values(self) -> torch.Tensor:
+        """The weight scales, float32 (rows, 1)."""
+        return decode_scale(self.w_scale, self.w_scale_base)
 
     def bias_operand(self) -> torch.Tensor | None:
         """The stored bias as the ops take it (float32), or None."""
-        return None if self.bias is None else self.bias.float()
+        if self.bias is None:
+            return None
+        return self.bias.float() * self.bias_scale
 
     def num_params(self) -> int:
         """Logical parameter count (weight elements + bias)."""
@@ -217,8 +248,48 @@ class IntEmbedding(IntModule):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.qweight is None:
             return ops.embedding(ids, self.weight, self.padding_idx)
-        w = ops.QWeight(self.qweight, self.w_scale.float(), self.weight_bits, self.k)
+        w = ops.QWeight(self.qweight, self.scale_values(), self.weight_bits, self.k)
         return ops.embedding(ids, w, self.padding_idx)
+
+
+class IntLayerNorm(nn.Module):
+    """A quantized model's LayerNorm: weight and bias stored in bfloat16, computed
+    in float32 (the values :class:`~q4asr.quant.qat.QATLayerNorm` trains with)."""
+
+    def __init__(
+        self, shape: tuple[int, ...], eps: float, weight: bool, bias: bool, device=None
+    ) -> None:
+        nn.Module.__init__(self)
+        self.__dict__.update(normalized_shape=tuple(shape), eps=eps, training=False)
+        for name, present in (("weight", weight), ("bias", bias)):
+            if present:
+                t = torch.empty(shape, dtype=NORM_DTYPE, device=device)
+                self.register_buffer(name, t)
+            else:
+                self.__dict__[name] = None
+
+    @classmethod
+    def like(cls, mod: nn.LayerNorm, device=None) -> IntLayerNorm:
+        """An empty IntLayerNorm of ``mod``'s shape (float or QAT, any device)."""
+        w, b = mod.weight is not None, mod.bias is not None
+        return cls(mod.normalized_shape, mod.eps, w, b, device)
+
+    @classmethod
+    @torch.no_grad()
+    def from_qat(cls, qat: QATLayerNorm) -> IntLayerNorm:
+        new = cls.like(qat, next(qat.parameters(), torch.empty(0)).device)
+        for name in ("weight", "bias"):
+            if getattr(new, name) is not None:  # rounds as quantizer.round_norm
+                getattr(new, name).copy_(getattr(qat, name).detach())
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x, self.normalized_shape, w, b, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}, stored in {NORM_DTYPE}"
 
 
 # QAT class -> integer class (convert).
@@ -227,4 +298,5 @@ QAT_TO_INT: dict[type, type] = {
     QATConv1d: IntConv1d,
     QATConv2d: IntConv2d,
     QATEmbedding: IntEmbedding,
+    QATLayerNorm: IntLayerNorm,
 }

@@ -30,7 +30,7 @@ from q4asr.quant import ops
 from q4asr.quant.base import QuantModule, no_init
 from q4asr.quant.config import Precision
 from q4asr.quant.kernels import FLOAT32_EXACT_LIMIT, grouped_conv_bound
-from q4asr.quant.quantizer import fake_quant_weight, qmax_for, round_bias
+from q4asr.quant.quantizer import fake_quant_weight, qmax_for, round_bias, round_norm
 from q4asr.quant.ste import IntConv2dSTE, IntGroupedConv1dSTE, IntLinearSTE
 
 
@@ -311,6 +311,46 @@ class QATEmbedding(QuantModule, nn.Embedding):
             return super().forward(ids)
         w = _float_weight(self, self.weight)
         return ops.embedding(ids, w, self.padding_idx, self.scale_grad_by_freq)
+
+
+class QATLayerNorm(nn.LayerNorm):
+    """The LayerNorm of a quantized model (every LayerNorm, whatever the plan): it
+    trains with its weight and bias rounded as they are stored (bfloat16,
+    :func:`~q4asr.quant.quantizer.round_norm`); ``quant_enabled = False`` runs the
+    float module. Shares the float module's Parameters."""
+
+    # what calibrate and set_quant_mode read on every QAT module
+    act_amax = None
+    observing = False
+
+    @classmethod
+    def from_float(cls, mod: nn.LayerNorm) -> QATLayerNorm:
+        new = _norm_copy(cls, mod)
+        new.quant_enabled = True
+        return new
+
+    def to_float(self) -> nn.LayerNorm:
+        return _norm_copy(nn.LayerNorm, self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.quant_enabled:
+            return super().forward(x)
+        w, b = round_norm(self.weight), round_norm(self.bias)
+        return F.layer_norm(x, self.normalized_shape, w, b, self.eps)
+
+
+def _norm_copy(cls: type, mod: nn.LayerNorm) -> nn.LayerNorm:
+    """A ``cls`` LayerNorm of ``mod``'s shape sharing its Parameters."""
+    with no_init():
+        new = cls(
+            mod.normalized_shape,
+            mod.eps,
+            mod.elementwise_affine,
+            bias=mod.bias is not None,
+            device="meta",
+        )
+    new.weight, new.bias = mod.weight, mod.bias
+    return new.train(mod.training)
 
 
 # Float class -> QAT class (prepare).

@@ -19,9 +19,19 @@ import torch
 
 from q4asr.quant import fused
 
-# Stored weight scales and biases of quantized modules are bfloat16 (float32's range:
-# no scale under- or overflows), half the bytes of float32 per output channel.
-SCALE_DTYPE = torch.bfloat16
+# Stored parameters of a quantized model (docs/quantization.md, "Storage"):
+# - a weight's scales are float8 e4m3 codes, one byte per output channel, times one
+#   power of two per tensor (the "base"): every scale is exact in float32 and in
+#   bfloat16, and each is the smallest such value >= max|w| / qmax, so no weight is
+#   clipped;
+# - a bias is int8 with one float32 scale per tensor (8-bit, like the activations
+#   it is added to);
+# - LayerNorm weights and biases are bfloat16.
+# QAT computes with exactly these values, so the stored model is what was trained.
+SCALE_CODE_DTYPE = torch.float8_e4m3fn
+_SCALE_CODE_MAX = 448.0  # largest finite e4m3 value
+BIAS_BITS = 8
+NORM_DTYPE = torch.bfloat16
 
 # Smallest amax used to form a scale: an all-zero row gets scale EPS / qmax and
 # quantizes to zeros instead of dividing by zero.
@@ -32,6 +42,24 @@ def qmax_for(bits: int) -> int:
     """Largest quantized magnitude for a signed symmetric ``bits``-bit integer."""
     assert 2 <= bits <= 8, bits
     return (1 << (bits - 1)) - 1
+
+
+def _amax(x: torch.Tensor, keep_dims: tuple[int, ...] | None) -> torch.Tensor:
+    """``max|x|`` (at least EPS) reduced over all dims except ``keep_dims``, with
+    ``x.ndim`` dims."""
+    xd = x.detach()
+    if keep_dims is None:
+        amax = torch.maximum(xd.amax(), xd.amin().neg_()).reshape([1] * x.ndim)
+    else:
+        keep = {d % x.ndim for d in keep_dims}
+        red = tuple(d for d in range(x.ndim) if d not in keep)
+        if red:  # max|x| without materialising |x|: two reductions, no new tensor
+            amax = torch.maximum(
+                xd.amax(dim=red, keepdim=True), xd.amin(dim=red, keepdim=True).neg_()
+            )
+        else:
+            amax = xd.abs()
+    return amax.clamp_min(EPS)
 
 
 def compute_scale(
@@ -46,20 +74,7 @@ def compute_scale(
     Returns:
       float32 scale with ``x.ndim`` dims (size 1 on the reduced dims).
     """
-    if keep_dims is None:
-        xd = x.detach()
-        amax = torch.maximum(xd.amax(), xd.amin().neg_()).reshape([1] * x.ndim)
-    else:
-        keep = {d % x.ndim for d in keep_dims}
-        red = tuple(d for d in range(x.ndim) if d not in keep)
-        xd = x.detach()
-        if red:  # max|x| without materialising |x|: two reductions, no new tensor
-            amax = torch.maximum(
-                xd.amax(dim=red, keepdim=True), xd.amin(dim=red, keepdim=True).neg_()
-            )
-        else:
-            amax = xd.abs()
-    return amax.clamp_min(EPS) / qmax_for(bits)
+    return _amax(x, keep_dims) / qmax_for(bits)
 
 
 def scale_from_amax(amax: torch.Tensor, bits: int) -> torch.Tensor:
@@ -109,14 +124,42 @@ def quantize(
     return (q, scale, mask) if return_mask else (q, scale)
 
 
+def encode_scale(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positive float32 scales -> (float8 e4m3 codes of ``s``'s shape, float32 base
+    of shape (1,), a power of two) with ``code * base`` the nearest such value to
+    ``s``. The base puts the largest scale in [224, 448): codes are normal e4m3
+    numbers (3 mantissa bits) down to 2**-14 of the largest scale."""
+    _, e = torch.frexp(s.max().reshape(1) / _SCALE_CODE_MAX)
+    base = torch.ldexp(torch.ones(1, device=s.device), e)
+    return (s / base).to(SCALE_CODE_DTYPE), base  # s / base: exact
+
+
+def decode_scale(code: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """float32 scales from :func:`encode_scale`'s codes and base (exact)."""
+    return code.float() * base
+
+
+def weight_scale_code(
+    w: torch.Tensor, bits: int, keep_dims: tuple[int, ...] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stored scale of a weight: :func:`encode_scale` of ``max|w| / qmax``,
+    a code larger where the nearest one would clip the largest weight (round it
+    past ``qmax``). A 4-bit scale with a normal code is never moved (the nearest
+    code is within 1/16 of it; clipping needs 1/15 below); an 8-bit one about half
+    the time, which leaves at least 8/9 of the grid in use."""
+    qmax = qmax_for(bits)
+    amax = _amax(w, keep_dims)
+    code, base = encode_scale(amax / qmax)
+    clips = amax / decode_scale(code, base) >= qmax + 0.5  # as quantize rounds
+    bumped = (code.view(torch.uint8) + 1).view(SCALE_CODE_DTYPE)  # next larger
+    return torch.where(clips, bumped, code), base
+
+
 def weight_scale(
     w: torch.Tensor, bits: int, keep_dims: tuple[int, ...] | None
 ) -> torch.Tensor:
-    """The scale of a weight: ``max|w| / qmax`` rounded to bfloat16, the dtype it is
-    stored in (half the bytes of float32 per output channel), returned as float32.
-    QAT quantizes with this rounded scale too, so the stored model is what was
-    trained."""
-    return compute_scale(w, bits, keep_dims).to(SCALE_DTYPE).float()
+    """The scale a weight is quantized with, float32: its stored scale decoded."""
+    return decode_scale(*weight_scale_code(w, bits, keep_dims))
 
 
 def quantize_weight(
@@ -169,8 +212,20 @@ def fake_quant_weight(
     return FakeQuantSTE.apply(w, bits, keep_dims, weight_scale(w, bits, keep_dims))
 
 
+def quantize_bias(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A bias as it is stored: (q int8, scale float32 of shape (1,)),
+    ``BIAS_BITS`` bits with one scale per tensor."""
+    return quantize(b.detach().float(), BIAS_BITS, None)
+
+
 def round_bias(b: torch.Tensor | None) -> torch.Tensor | None:
-    """A quantized module's bias as it is stored: rounded to bfloat16, returned in
-    its own dtype. Differentiable (the gradient passes through the casts), so QAT
-    trains with the bias the integer model serves."""
-    return None if b is None else b.to(SCALE_DTYPE).to(b.dtype)
+    """A quantized module's bias as the integer model serves it
+    (``dequantize(*quantize_bias(b))``), in ``b``'s dtype, with a straight-through
+    gradient: QAT trains with the stored bias."""
+    return None if b is None else fake_quant(b, BIAS_BITS, None).to(b.dtype)
+
+
+def round_norm(p: torch.Tensor | None) -> torch.Tensor | None:
+    """A LayerNorm parameter of a quantized model as stored (``NORM_DTYPE``),
+    returned in its own dtype; the gradient passes through the casts."""
+    return None if p is None else p.to(NORM_DTYPE).to(p.dtype)

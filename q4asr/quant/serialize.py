@@ -1,21 +1,27 @@
 """Integer model files (safetensors, no pickle) and the per-layer size report.
 
-File layout: every tensor of ``model.state_dict()`` under its own name (int8
-``qweight``, packed uint8 ``qweight`` for <=4-bit weights, bfloat16 ``w_scale``,
-float32 ``bias`` and ``act_amax``; float tensors of unquantized modules), extra
-tensors under ``extra.<name>``, and string metadata: the caller's entries plus
-``q4asr.plan`` (the plan as JSON; absent for a float model) and ``q4asr.format``.
+File layout: the tensors of ``model.state_dict()`` in their order, concatenated
+into one flat tensor per dtype named ``data.<dtype>`` (``data.uint8`` for packed
+int4 weights, ``data.int8``, ``data.float8_e4m3fn`` for weight scales,
+``data.bfloat16``, ``data.float32``, ...; see :mod:`q4asr.quant.integer` for what each
+module stores), extra tensors under ``extra.<name>``, and string metadata: the
+caller's entries plus ``q4asr.plan`` (the plan as JSON; absent for a float model),
+``q4asr.layout`` (a digest of the state dict's names, dtypes and shapes) and
+``q4asr.format``. Names, shapes and dtypes come from the model itself, so the file
+spends no bytes on a header entry per tensor (over 300 in a Conformer).
 
 Loading builds the model's skeleton on the ``meta`` device (no memory, no
 initialisation), re-applies the stored plan there (``prepare`` + ``convert`` without
-weights: integer modules of the stored shapes and precisions), and assigns the
-file's tensors to it: nothing but the stored tensors is ever allocated.
+weights: integer modules of the stored shapes and precisions), checks that its state
+dict has the stored layout, and assigns views of the file's flat tensors to it:
+nothing but the stored tensors is ever allocated.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,10 +38,54 @@ from q4asr.quant.convert import PLAN_ATTR, integer_skeleton
 from q4asr.quant.integer import QAT_TO_INT, IntModule
 from q4asr.utils import atomic_write
 
-FORMAT = "q4asr-int-v2"  # v2: bfloat16 weight scales
+FORMAT = "q4asr-int-v3"  # v3: one tensor per dtype; float8 scales, int8 biases
 PLAN_KEY = "q4asr.plan"
 FORMAT_KEY = "q4asr.format"
+LAYOUT_KEY = "q4asr.layout"
 EXTRA_PREFIX = "extra."
+DATA_PREFIX = "data."
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def layout_digest(state: dict[str, torch.Tensor]) -> str:
+    """A digest of the state dict's names, dtypes and shapes, in order."""
+    text = ";".join(
+        f"{k}:{_dtype_name(t.dtype)}:{tuple(t.shape)}" for k, t in state.items()
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def pack_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict's tensors, in order, as one flat tensor per dtype."""
+    groups: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in state.values():
+        groups.setdefault(t.dtype, []).append(t.detach().reshape(-1))
+    return {
+        DATA_PREFIX + _dtype_name(dtype): torch.cat(ts) for dtype, ts in groups.items()
+    }
+
+
+def unpack_state(
+    flat: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], where: str
+) -> dict[str, torch.Tensor]:
+    """Views of :func:`pack_state`'s flat tensors with the names and shapes of
+    ``expected`` (a state dict of the same layout, e.g. on the meta device)."""
+    offsets = dict.fromkeys(flat, 0)
+    out = {}
+    for k, e in expected.items():
+        name = DATA_PREFIX + _dtype_name(e.dtype)
+        n = e.numel()
+        if name not in flat or offsets[name] + n > flat[name].numel():
+            raise ValueError(f"{where}: too few {name} values for {k}")
+        out[k] = flat[name][offsets[name] : offsets[name] + n].view(e.shape)
+        offsets[name] += n
+    left = {k: flat[k].numel() - o for k, o in offsets.items() if o != flat[k].numel()}
+    if left:
+        raise ValueError(f"{where}: values left over after the last tensor: {left}")
+    return out
 
 
 @contextlib.contextmanager
@@ -78,16 +128,16 @@ def save_quantized(
             raise TypeError(
                 f"{path}: metadata must map str to str, got {k!r}: {type(v).__name__}"
             )
-        if k in (PLAN_KEY, FORMAT_KEY):
+        if k in (PLAN_KEY, FORMAT_KEY, LAYOUT_KEY):
             raise ValueError(f"{path}: metadata key {k!r} is reserved")
     meta = dict(metadata)
     meta[FORMAT_KEY] = FORMAT
     plan = getattr(model, PLAN_ATTR, None)
     if plan is not None and not plan.is_float:
         meta[PLAN_KEY] = plan.to_json()
-    tensors = {
-        k: v.detach().contiguous().clone() for k, v in model.state_dict().items()
-    }
+    state = model.state_dict()
+    meta[LAYOUT_KEY] = layout_digest(state)
+    tensors = pack_state(state)
     for k, v in (extra_tensors or {}).items():
         tensors[EXTRA_PREFIX + k] = v.detach().contiguous().clone()
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
@@ -101,7 +151,8 @@ def load_quantized(
     ``build_model(metadata)`` returns the float model; it is called on the
     ``meta`` device, so it allocates nothing. The stored plan (if any) is re-applied
     (prepare + convert without weights) and the file's tensors are assigned to the
-    skeleton, strictly (every tensor present, of the right shape and dtype).
+    skeleton, strictly (the skeleton's state dict has the stored layout: names,
+    dtypes and shapes).
     Returns ``(model in eval mode, metadata without q4asr.* keys, extra tensors)``.
     """
     path = Path(path)
@@ -118,7 +169,8 @@ def load_quantized(
             f"{path}: not a q4asr model file of format {FORMAT} "
             f"(format {meta.get(FORMAT_KEY)!r}; re-export it with q4asr-export)"
         )
-    user_meta = {k: v for k, v in meta.items() if k not in (PLAN_KEY, FORMAT_KEY)}
+    reserved = (PLAN_KEY, FORMAT_KEY, LAYOUT_KEY)
+    user_meta = {k: v for k, v in meta.items() if k not in reserved}
     with gc_paused():
         with skeleton():
             model = build_model(user_meta)
@@ -130,15 +182,14 @@ def load_quantized(
         for k, v in tensors.items()
         if k.startswith(EXTRA_PREFIX)
     }
-    state = {k: v for k, v in tensors.items() if not k.startswith(EXTRA_PREFIX)}
     expected = model.state_dict()
-    for k, v in state.items():
-        e = expected.get(k)
-        if e is not None and (e.dtype != v.dtype or e.shape != v.shape):
-            raise ValueError(
-                f"{path}: {k} is {v.dtype} {tuple(v.shape)}, the model needs "
-                f"{e.dtype} {tuple(e.shape)}"
-            )
+    if layout_digest(expected) != meta.get(LAYOUT_KEY):
+        raise ValueError(
+            f"{path}: the stored tensors do not fit the model its metadata describes "
+            f"(layout {meta.get(LAYOUT_KEY)!r}, the model's {layout_digest(expected)!r})"
+        )
+    flat = {k: v for k, v in tensors.items() if k.startswith(DATA_PREFIX)}
+    state = unpack_state(flat, expected, str(path))
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as e:
@@ -160,7 +211,9 @@ KINDS = ("weights", "scales", "biases", "act_ranges", "float_layers")
 _INT_KIND = {
     "qweight": "weights",
     "w_scale": "scales",
+    "w_scale_base": "scales",
     "bias": "biases",
+    "bias_scale": "biases",
     "act_amax": "act_ranges",
     "weight": "float_layers",
 }

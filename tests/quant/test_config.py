@@ -9,6 +9,7 @@ from q4asr.quant import (
     PrecisionPlan,
     QATConv1d,
     QATEmbedding,
+    QATLayerNorm,
     QATLinear,
     load_plan,
     prepare,
@@ -66,7 +67,8 @@ def test_prepare_applies_plan(tiny_net):
     assert type(m.pw) is QATConv1d and m.pw.precision == Precision(4, 8)
     assert type(m.dw) is nn.Conv1d  # kept float
     assert type(m.emb) is QATEmbedding and m.emb.act_bits is None
-    assert type(m.norm) is nn.LayerNorm
+    # a quantized model's LayerNorm trains with its parameters as stored (bfloat16)
+    assert type(m.norm) is QATLayerNorm and isinstance(m.norm, nn.LayerNorm)
 
 
 def test_all_float_plan_is_valid(tiny_net):
