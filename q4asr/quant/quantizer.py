@@ -151,8 +151,8 @@ def weight_scale_code(
     amax = _amax(w, keep_dims)
     code, base = encode_scale(amax / qmax)
     clips = amax / decode_scale(code, base) >= qmax + 0.5  # as quantize rounds
-    bumped = (code.view(torch.uint8) + 1).view(SCALE_CODE_DTYPE)  # next larger
-    return torch.where(clips, bumped, code), base
+    bits_ = code.view(torch.uint8)  # of a positive e4m3 number: +1 is the next one
+    return torch.where(clips, bits_ + 1, bits_).view(SCALE_CODE_DTYPE), base
 
 
 def weight_scale(
