@@ -12,6 +12,7 @@ from q4asr.quant.kernels import (
     int_grouped_conv1d,
     int_linear,
     int_mm,
+    int_mm_acc,
     pack_int4,
     unpack_int4,
 )
@@ -27,6 +28,22 @@ def test_int_mm_equals_float64_reference(shape):
     assert acc.dtype == torch.int32 and acc.shape == (M, N)
     ref = a.double() @ w.double().t()
     assert torch.equal(acc.double(), ref)
+
+
+@pytest.mark.parametrize("K", [1, 144, 1040, 1041, 2048])
+def test_int_mm_acc_is_exact_at_the_float32_bound(K):
+    """The float32 matmul path (K <= 1040 on a CPU) gives the int32 sums exactly,
+    at the largest sums int8 operands can make; past the bound int32 is used."""
+    a = torch.full((6, K), 127, dtype=torch.int8)
+    a[1::2] = -127
+    b = torch.full((K, 5), -127, dtype=torch.int8)
+    b[:, 1] = 127
+    b[0, 2] = 3
+    acc = int_mm_acc(a, b)
+    assert acc.dtype == (torch.float32 if K <= 1040 else torch.int32)
+    ref = int_mm(a, b)
+    assert torch.equal(acc.double(), ref.double())
+    assert int(ref.abs().max()) == K * 127 * 127
 
 
 # Shapes the models produce: frames x d_model, the Conv2d front-end's K of 9 and 16,
