@@ -570,8 +570,9 @@ def _export(
 ) -> None:
     """Trace ``module`` on ``args`` into ``path``. Constant folding (which gives float
     weights as plain initializers, e.g. for onnxruntime's quantize_dynamic) is off
-    where a weight is stored two a byte or a tensor in bfloat16 or int8: folding would store
-    them unpacked, or in float32 (onnxruntime folds them when it loads the model)."""
+    where a weight is stored two a byte or a tensor in bfloat16 or int8: folding
+    would store them unpacked, or in float32 (onnxruntime folds them when it loads
+    the model)."""
     packed = any(isinstance(m, _IntWeight) and m.packed for m in module.modules())
     packed = packed or any(
         b.dtype in (torch.bfloat16, torch.int8) for b in module.buffers()

@@ -103,10 +103,7 @@ def integer_skeleton(model: nn.Module, plan: PrecisionPlan) -> nn.Module:
         qat_cls.check(mod, precision, qname)
         return QAT_TO_INT[qat_cls].like(mod, precision, qname, mod.weight.device)
 
-    def make_norm(mod: nn.LayerNorm) -> nn.Module:
-        return IntLayerNorm.like(mod, next(mod.parameters(), torch.empty(0)).device)
-
-    return _swap(model, plan, make, make_norm).eval()
+    return _swap(model, plan, make, IntLayerNorm.like).eval()
 
 
 def qat_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -37,9 +37,8 @@ from q4asr.quant.quantizer import (
     NORM_DTYPE,
     SCALE_CODE_DTYPE,
     decode_scale,
-    quantize,
     quantize_bias,
-    weight_scale_code,
+    quantize_weight_stored,
 )
 
 
@@ -113,10 +112,7 @@ class IntModule(QuantModule, nn.Module):
         if self.weight_bits is None:
             self.weight.copy_(w2d)
         else:
-            code, base = weight_scale_code(w2d, self.weight_bits, self.w_keep)
-            q, _ = quantize(
-                w2d, self.weight_bits, self.w_keep, decode_scale(code, base)
-            )
+            q, code, base = quantize_weight_stored(w2d, self.weight_bits, self.w_keep)
             self.qweight.copy_(pack_int4(q) if self.packed else q)
             self.w_scale.copy_(code)
             self.w_scale_base.copy_(base)
@@ -269,15 +265,17 @@ class IntLayerNorm(nn.Module):
                 self.__dict__[name] = None
 
     @classmethod
-    def like(cls, mod: nn.LayerNorm, device=None) -> IntLayerNorm:
-        """An empty IntLayerNorm of ``mod``'s shape (float or QAT, any device)."""
+    def like(cls, mod: nn.LayerNorm) -> IntLayerNorm:
+        """An empty IntLayerNorm of ``mod``'s shape on its device (float or QAT
+        module, possibly on the meta device)."""
         w, b = mod.weight is not None, mod.bias is not None
+        device = next(mod.parameters(), torch.empty(0)).device
         return cls(mod.normalized_shape, mod.eps, w, b, device)
 
     @classmethod
     @torch.no_grad()
     def from_qat(cls, qat: QATLayerNorm) -> IntLayerNorm:
-        new = cls.like(qat, next(qat.parameters(), torch.empty(0)).device)
+        new = cls.like(qat)
         for name in ("weight", "bias"):
             if getattr(new, name) is not None:  # rounds as quantizer.round_norm
                 getattr(new, name).copy_(getattr(qat, name).detach())

@@ -19,11 +19,11 @@ import torch
 
 from q4asr.quant import fused
 
-# Stored parameters of a quantized model (docs/quantization.md, "Storage"):
+# Stored parameters of a quantized model (docs/quantization.md, "Numerics"):
 # - a weight's scales are float8 e4m3 codes, one byte per output channel, times one
 #   power of two per tensor (the "base"): every scale is exact in float32 and in
-#   bfloat16, and each is the smallest such value >= max|w| / qmax, so no weight is
-#   clipped;
+#   bfloat16; each is the nearest such value to max|w| / qmax, or the next larger
+#   one where the nearest would clip (:func:`weight_scale_code`);
 # - a bias is int8 with one float32 scale per tensor (8-bit, like the activations
 #   it is added to);
 # - LayerNorm weights and biases are bfloat16.
@@ -160,6 +160,15 @@ def weight_scale(
 ) -> torch.Tensor:
     """The scale a weight is quantized with, float32: its stored scale decoded."""
     return decode_scale(*weight_scale_code(w, bits, keep_dims))
+
+
+def quantize_weight_stored(
+    w: torch.Tensor, bits: int, keep_dims: tuple[int, ...] | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A weight as an integer module stores it: (q int8, scale codes, base)."""
+    code, base = weight_scale_code(w, bits, keep_dims)
+    q, _ = quantize(w, bits, keep_dims, decode_scale(code, base))
+    return q, code, base
 
 
 def quantize_weight(

@@ -15,6 +15,7 @@ from q4asr.quant import (
     IntLayerNorm,
     IntLinear,
     Precision,
+    PrecisionPlan,
     QATLayerNorm,
     QATLinear,
     convert,
@@ -114,9 +115,7 @@ def test_layernorm_follows_prepare_quant_mode_and_unprepare():
     m = unprepare(m)
     assert type(m[1]) is nn.LayerNorm and m[1].weight is w
     # an all-float plan leaves LayerNorms alone
-    float_plan = load_plan(SYNTH / "conf/plans/w4a8.yaml").from_dict(
-        {"default": {"float": True}}
-    )
+    float_plan = PrecisionPlan.from_dict({"default": {"float": True}})
     assert type(prepare(m, float_plan)[1]) is nn.LayerNorm
 
 
