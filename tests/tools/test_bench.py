@@ -152,12 +152,26 @@ def _required(tmp_path):
 
 def test_markdown_is_generated_from_the_json(small_run):
     _, r, md = small_run
-    assert md == bench.render_markdown(r)
+    assert md == bench.TITLE + "\n\n" + bench.render_markdown(r)
     assert r["command"] in md
     assert f"{r['size']['bytes']['q4asr_int4']:,}" in md
     for name in bench.SIZE_SYSTEMS + bench.TRAIN_SYSTEMS:
         assert f"| {name} |" in md, name
     assert "## Goals" in md and "Accuracy" in md
+
+
+def test_markdown_keeps_the_other_sections(small_run, tmp_path):
+    """A rerun replaces its own section and nothing else of the file."""
+    _, r, _ = small_run
+    md = tmp_path / "BENCHMARKS.md"
+    other = "<!-- other: begin -->\nsome other run's table\n<!-- other: end -->\n"
+    md.write_text(bench.TITLE + "\n\n" + other)
+    bench.write_markdown(md, r)
+    first = md.read_text()
+    assert first.startswith(bench.TITLE) and other in first
+    assert bench.render_markdown(r) in first
+    bench.write_markdown(md, r)
+    assert md.read_text() == first  # replaced in place, not appended again
 
 
 def test_torchao_groupsize_divides_every_linear():
