@@ -169,7 +169,7 @@ def load_asr_model(path: str | Path, bpe_model: str | Path | None = None) -> Asr
             raise ValueError(f"{path}: no BPE model inside the model file")
         tokenizer = Tokenizer(extra["bpe_model"].numpy().tobytes())
         feats = json.loads(meta.get("feature_config", "{}")) or feature_config()
-        return AsrModel(model.eval(), tokenizer, feats, meta, path)
+        return AsrModel(model, tokenizer, feats, meta, path)  # in eval mode
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
         raise ValueError(
             f"{path}: neither a model file (.safetensors, from q4asr-export) nor a "

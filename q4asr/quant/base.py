@@ -66,7 +66,7 @@ class QuantModule:
         if self.act_bits is not None and precision.act_static:
             self.register_buffer("act_amax", torch.zeros(()))  # type: ignore[attr-defined]
         else:
-            self.act_amax = None
+            self.__dict__["act_amax"] = None
 
     @property
     def w_keep(self) -> tuple[int, ...] | None:

@@ -28,6 +28,13 @@ def _set_child(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, leaf, new)
 
 
+def _replace(modules: dict[str, nn.Module], name: str, new: nn.Module) -> None:
+    """Put ``new`` in place of the submodule ``name``; ``modules`` maps every name
+    to its module (as :func:`_named` lists them), so no path is walked."""
+    parent_name, _, leaf = name.rpartition(".")
+    modules[parent_name]._modules[leaf] = new
+
+
 def _named(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, module) of every submodule; the root is named '' ."""
     return list(model.named_modules(remove_duplicate=False))
@@ -62,13 +69,13 @@ def _swap(
         except ValueError as e:
             raise PlanError(f"plan: module {e}") from None
         if name:
-            _set_child(model, name, new)
+            _replace(modules, name, new)
         else:
             model = new
     if not plan.is_float:  # every LayerNorm of a quantized model
         for name, mod in named:
             if name and type(mod) is nn.LayerNorm:
-                _set_child(model, name, make_norm(mod))
+                _replace(modules, name, make_norm(mod))
     setattr(model, PLAN_ATTR, plan)
     return model
 

@@ -63,22 +63,23 @@ class IntModule(QuantModule, nn.Module):
         self.__dict__.update(weight_shape=tuple(weight_shape), k=k, training=False)
         n_out = self.weight_shape[0]
         kw = {"device": device}
+        # buffers straight into _buffers (names known valid): loading builds
+        # hundreds of these modules
+        buf = self._buffers
         if self.weight_bits is None:
-            self.register_buffer("weight", torch.empty(n_out, self.k, **kw))
+            buf["weight"] = torch.empty(n_out, self.k, **kw)
             self.__dict__.update(qweight=None, w_scale=None)
         else:
             cols = (self.k + 1) // 2 if self.packed else self.k
             dtype = torch.uint8 if self.packed else torch.int8
-            self.register_buffer("qweight", torch.empty(n_out, cols, dtype=dtype, **kw))
+            buf["qweight"] = torch.empty(n_out, cols, dtype=dtype, **kw)
             rows = n_out if precision.weight_granularity == "channel" else 1
-            self.register_buffer(
-                "w_scale", torch.empty(rows, 1, dtype=SCALE_CODE_DTYPE, **kw)
-            )
-            self.register_buffer("w_scale_base", torch.empty(1, **kw))
+            buf["w_scale"] = torch.empty(rows, 1, dtype=SCALE_CODE_DTYPE, **kw)
+            buf["w_scale_base"] = torch.empty(1, **kw)
             self.__dict__["weight"] = None
         if bias:
-            self.register_buffer("bias", torch.empty(n_out, dtype=torch.int8, **kw))
-            self.register_buffer("bias_scale", torch.empty(1, **kw))
+            buf["bias"] = torch.empty(n_out, dtype=torch.int8, **kw)
+            buf["bias_scale"] = torch.empty(1, **kw)
         else:
             self.__dict__.update(bias=None, bias_scale=None)
         if self.act_amax is not None:
@@ -258,9 +259,8 @@ class IntLayerNorm(nn.Module):
         nn.Module.__init__(self)
         self.__dict__.update(normalized_shape=tuple(shape), eps=eps, training=False)
         for name, present in (("weight", weight), ("bias", bias)):
-            if present:
-                t = torch.empty(shape, dtype=NORM_DTYPE, device=device)
-                self.register_buffer(name, t)
+            if present:  # straight into _buffers, as in IntModule
+                self._buffers[name] = torch.empty(shape, dtype=NORM_DTYPE, device=device)
             else:
                 self.__dict__[name] = None
 

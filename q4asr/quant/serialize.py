@@ -23,7 +23,7 @@ import contextlib
 import gc
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Callable
 
@@ -50,11 +50,9 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def layout_digest(state: dict[str, torch.Tensor]) -> str:
-    """A digest of the state dict's names, dtypes and shapes, in order."""
-    text = ";".join(
-        f"{k}:{_dtype_name(t.dtype)}:{tuple(t.shape)}" for k, t in state.items()
-    )
+def layout_digest(entries: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """A digest of the (name, tensor) entries' names, dtypes and shapes, in order."""
+    text = ";".join(f"{k}:{_dtype_name(t.dtype)}:{tuple(t.shape)}" for k, t in entries)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -68,24 +66,63 @@ def pack_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     }
 
 
-def unpack_state(
-    flat: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], where: str
-) -> dict[str, torch.Tensor]:
-    """Views of :func:`pack_state`'s flat tensors with the names and shapes of
-    ``expected`` (a state dict of the same layout, e.g. on the meta device)."""
-    offsets = dict.fromkeys(flat, 0)
-    out = {}
-    for k, e in expected.items():
-        name = DATA_PREFIX + _dtype_name(e.dtype)
-        n = e.numel()
-        if name not in flat or offsets[name] + n > flat[name].numel():
-            raise ValueError(f"{where}: too few {name} values for {k}")
-        out[k] = flat[name][offsets[name] : offsets[name] + n].view(e.shape)
-        offsets[name] += n
-    left = {k: flat[k].numel() - o for k, o in offsets.items() if o != flat[k].numel()}
-    if left:
-        raise ValueError(f"{where}: values left over after the last tensor: {left}")
-    return out
+def _state_slots(model: nn.Module) -> list[tuple[str, dict, str, torch.Tensor]]:
+    """``(name, holder, key, tensor)`` of every entry of ``model.state_dict()``, in
+    its order (each module's parameters, then its persistent buffers, then its
+    children's), with the dict that holds it (a module's ``_parameters`` or
+    ``_buffers``) so that it can be replaced in place."""
+    slots = []
+    for name, mod in model.named_modules(remove_duplicate=False):
+        prefix = f"{name}." if name else ""
+        for k, p in mod._parameters.items():
+            if p is not None:
+                slots.append((prefix + k, mod._parameters, k, p))
+        skip = mod._non_persistent_buffers_set
+        for k, b in mod._buffers.items():
+            if b is not None and k not in skip:
+                slots.append((prefix + k, mod._buffers, k, b))
+    return slots
+
+
+def assign_flat(
+    model: nn.Module, flat: dict[str, torch.Tensor], digest: str | None, where: str
+) -> None:
+    """Make views of :func:`pack_state`'s flat tensors ``model``'s parameters and
+    persistent buffers (what ``load_state_dict(..., strict=True, assign=True)`` of
+    the unpacked state would do, in one pass and without its per-module checks).
+    The model's layout (names, dtypes, shapes; e.g. a skeleton on the meta device)
+    must have the stored ``digest``, and the flat tensors exactly its values.
+    Parameters keep their ``requires_grad``."""
+    slots = _state_slots(model)
+    mine = layout_digest((name, t) for name, _, _, t in slots)
+    if mine != digest:
+        raise ValueError(
+            f"{where}: the stored tensors do not fit the model its metadata describes "
+            f"(layout {digest!r}, the model's {mine!r})"
+        )
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for _, _, _, t in slots:
+        by_dtype.setdefault(t.dtype, []).append(t.numel())
+    by_dtype = {DATA_PREFIX + _dtype_name(d): n for d, n in by_dtype.items()}
+    if set(by_dtype) != set(flat):
+        raise ValueError(
+            f"{where}: the file holds {sorted(flat)}, the model needs {sorted(by_dtype)}"
+        )
+    parts = {}
+    for key, sizes in by_dtype.items():
+        if sum(sizes) != flat[key].numel():
+            raise ValueError(
+                f"{where}: {key} holds {flat[key].numel()} values, the model needs "
+                f"{sum(sizes)}"
+            )
+        parts[flat[key].dtype] = iter(flat[key].split(sizes))
+    for _, holder, k, t in slots:
+        v = next(parts[t.dtype])
+        if t.dim() != 1:
+            v = v.view(t.shape)
+        holder[k] = (
+            nn.Parameter(v, t.requires_grad) if isinstance(t, nn.Parameter) else v
+        )
 
 
 @contextlib.contextmanager
@@ -136,7 +173,7 @@ def save_quantized(
     if plan is not None and not plan.is_float:
         meta[PLAN_KEY] = plan.to_json()
     state = model.state_dict()
-    meta[LAYOUT_KEY] = layout_digest(state)
+    meta[LAYOUT_KEY] = layout_digest(state.items())
     tensors = pack_state(state)
     for k, v in (extra_tensors or {}).items():
         tensors[EXTRA_PREFIX + k] = v.detach().contiguous().clone()
@@ -176,30 +213,22 @@ def load_quantized(
             model = build_model(user_meta)
         if PLAN_KEY in meta:
             plan = PrecisionPlan.from_json(meta[PLAN_KEY], f"{path}: {PLAN_KEY}")
-            model = integer_skeleton(model, plan)
+            model = integer_skeleton(model, plan)  # in eval mode
+        else:
+            model.eval()
     extra = {
         k[len(EXTRA_PREFIX) :]: v
         for k, v in tensors.items()
         if k.startswith(EXTRA_PREFIX)
     }
-    expected = model.state_dict()
-    if layout_digest(expected) != meta.get(LAYOUT_KEY):
-        raise ValueError(
-            f"{path}: the stored tensors do not fit the model its metadata describes "
-            f"(layout {meta.get(LAYOUT_KEY)!r}, the model's {layout_digest(expected)!r})"
-        )
     flat = {k: v for k, v in tensors.items() if k.startswith(DATA_PREFIX)}
-    state = unpack_state(flat, expected, str(path))
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as e:
-        raise ValueError(f"{path}: stored tensors do not fit the model: {e}") from None
+    assign_flat(model, flat, meta.get(LAYOUT_KEY), str(path))
     left = [
         n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta
     ]
     if left:
         raise ValueError(f"{path}: the file holds no value for {left[:5]}")
-    return model.eval(), user_meta, extra
+    return model, user_meta, extra
 
 
 def _bits(b: int | None) -> int | str:

@@ -20,6 +20,7 @@ from q4asr.quant import (
     QATLinear,
     convert,
     load_plan,
+    load_quantized,
     prepare,
     save_quantized,
     set_quant_mode,
@@ -129,6 +130,26 @@ def test_file_holds_one_flat_tensor_per_dtype(tmp_path):
     assert keys == {f"data.{d}" for d in dtypes}
     assert {"uint8", "int8", "float8_e4m3fn", "bfloat16", "float32"} <= dtypes
     assert meta["k"] == "v" and len(meta["q4asr.layout"]) == 16
+
+
+def test_loading_assigns_views_of_the_file_tensors(tmp_path):
+    """load_quantized makes the file's flat tensors the model's state without a
+    copy (one storage per dtype), with every value as saved, and parameters that
+    still require grad as the built model's do."""
+    plan = load_plan(SYNTH / "conf/plans/mixed48.yaml")
+    model = convert(prepare(_demo_model(), plan))
+    path = save_quantized(tmp_path / "m.safetensors", model, {})
+    loaded, _, _ = load_quantized(path, lambda meta: _demo_model())
+    saved, state = model.state_dict(), loaded.state_dict()
+    assert list(state) == list(saved)
+    for k, t in state.items():
+        assert t.dtype == saved[k].dtype and torch.equal(t, saved[k]), k
+    storages = {t.untyped_storage().data_ptr() for t in state.values()}
+    assert len(storages) == len({t.dtype for t in state.values()})
+    params = dict(loaded.named_parameters())
+    assert params and all(p.requires_grad for p in params.values())
+    assert all(not t.is_meta for t in state.values())
+    assert not any(m.training for m in loaded.modules())
 
 
 def _demo_model() -> nn.Module:
