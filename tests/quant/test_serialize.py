@@ -5,6 +5,8 @@ import json
 import pytest
 import torch
 import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from q4asr.quant import (
     PrecisionPlan,
@@ -110,6 +112,17 @@ def test_save_refuses_unconverted_and_bad_files(tmp_path):
     )
     with pytest.raises(ValueError, match=f"{good}: the stored tensors do not fit"):
         load_quantized(good, lambda m: _linear_conv_net(32))
+    # the layout digest matches but the values do not: one value short, or a dtype gone
+    with safe_open(str(good), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    short = dict(tensors, **{"data.float32": tensors["data.float32"][:-1]})
+    save_file(short, str(tmp_path / "short.safetensors"), metadata=meta)
+    with pytest.raises(ValueError, match="short.safetensors: data.float32 holds"):
+        load_quantized(tmp_path / "short.safetensors", lambda m: _linear_conv_net(16))
+    gone = {k: v for k, v in tensors.items() if k != "data.uint8"}
+    save_file(gone, str(tmp_path / "gone.safetensors"), metadata=meta)
+    with pytest.raises(ValueError, match="gone.safetensors: the file holds"):
+        load_quantized(tmp_path / "gone.safetensors", lambda m: _linear_conv_net(16))
 
 
 def test_load_fills_a_meta_skeleton_without_initialising(tmp_path):
