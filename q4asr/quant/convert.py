@@ -22,12 +22,6 @@ from q4asr.quant.qat import FLOAT_TO_QAT, QATLayerNorm
 PLAN_ATTR = "q4asr_plan"
 
 
-def _set_child(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, leaf = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, leaf, new)
-
-
 def _replace(modules: dict[str, nn.Module], name: str, new: nn.Module) -> None:
     """Put ``new`` in place of the submodule ``name``; ``modules`` maps every name
     to its module (as :func:`_named` lists them), so no path is walked."""
@@ -121,10 +115,11 @@ def unprepare(model: nn.Module) -> nn.Module:
     """The inverse of :func:`prepare`: every QAT module back to its float module,
     sharing the same Parameters (e.g. to export a QAT-trained model in float, or
     to train on in float). In place; returns the model."""
+    modules = dict(_named(model))
     for name, mod in qat_modules(model):
         new = mod.to_float()
         if name:
-            _set_child(model, name, new)
+            _replace(modules, name, new)
         else:
             model = new
     if hasattr(model, PLAN_ATTR):
@@ -184,13 +179,14 @@ def convert(model: nn.Module) -> nn.Module:
     named = _named(model)
     if any(isinstance(m, IntModule) for _, m in named):
         raise PlanError("convert: model is already converted")
+    modules = dict(named)
     for name, mod in named:
         int_cls = QAT_TO_INT.get(type(mod))
         if int_cls is None:
             continue
         new = int_cls.from_qat(mod)
         if name:
-            _set_child(model, name, new)
+            _replace(modules, name, new)
         else:
             model = new
     if plan is not None:

@@ -100,22 +100,23 @@ def assign_flat(
             f"{where}: the stored tensors do not fit the model its metadata describes "
             f"(layout {digest!r}, the model's {mine!r})"
         )
-    by_dtype: dict[torch.dtype, list[int]] = {}
+    sizes: dict[torch.dtype, list[int]] = {}
     for _, _, _, t in slots:
-        by_dtype.setdefault(t.dtype, []).append(t.numel())
-    by_dtype = {DATA_PREFIX + _dtype_name(d): n for d, n in by_dtype.items()}
-    if set(by_dtype) != set(flat):
+        sizes.setdefault(t.dtype, []).append(t.numel())
+    names = {DATA_PREFIX + _dtype_name(d): d for d in sizes}
+    if set(names) != set(flat):
         raise ValueError(
-            f"{where}: the file holds {sorted(flat)}, the model needs {sorted(by_dtype)}"
+            f"{where}: the file holds {sorted(flat)}, the model needs {sorted(names)}"
         )
     parts = {}
-    for key, sizes in by_dtype.items():
-        if sum(sizes) != flat[key].numel():
+    for key, dtype in names.items():
+        n, want = flat[key].numel(), sum(sizes[dtype])
+        if flat[key].dtype != dtype or n != want:
             raise ValueError(
-                f"{where}: {key} holds {flat[key].numel()} values, the model needs "
-                f"{sum(sizes)}"
+                f"{where}: {key} holds {n} {flat[key].dtype} values, the model needs "
+                f"{want} {dtype}"
             )
-        parts[flat[key].dtype] = iter(flat[key].split(sizes))
+        parts[dtype] = iter(flat[key].split(sizes[dtype]))
     for _, holder, k, t in slots:
         v = next(parts[t.dtype])
         if t.dim() != 1:
