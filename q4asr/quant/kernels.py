@@ -94,8 +94,8 @@ def int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # On a CPU an int8 product whose every partial sum stays below 2**24 in magnitude is
 # computed as a float32 matmul of the integer values: exact (every product and every
 # partial sum is an integer float32 represents, whatever the summation order), and on
-# x86 CPUs without AVX-512 VNNI far faster than torch._int_mm (measured on a 2-core
-# AVX2 EPYC, 8000x144 @ 144x576, one thread: 0.566 s against 0.0195 s).
+# x86 CPUs without AVX-512 VNNI far faster than torch._int_mm (docs/quantization.md,
+# "Speed notes", has the measurement and its command).
 _INT8_MAX_PRODUCT = 127 * 127
 
 
