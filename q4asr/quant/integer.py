@@ -260,7 +260,9 @@ class IntLayerNorm(nn.Module):
         self.__dict__.update(normalized_shape=tuple(shape), eps=eps, training=False)
         for name, present in (("weight", weight), ("bias", bias)):
             if present:  # straight into _buffers, as in IntModule
-                self._buffers[name] = torch.empty(shape, dtype=NORM_DTYPE, device=device)
+                self._buffers[name] = torch.empty(
+                    shape, dtype=NORM_DTYPE, device=device
+                )
             else:
                 self.__dict__[name] = None
 
@@ -269,8 +271,8 @@ class IntLayerNorm(nn.Module):
         """An empty IntLayerNorm of ``mod``'s shape on its device (float or QAT
         module, possibly on the meta device)."""
         w, b = mod.weight is not None, mod.bias is not None
-        device = next(mod.parameters(), torch.empty(0)).device
-        return cls(mod.normalized_shape, mod.eps, w, b, device)
+        p = next(mod.parameters(), None)
+        return cls(mod.normalized_shape, mod.eps, w, b, None if p is None else p.device)
 
     @classmethod
     @torch.no_grad()
