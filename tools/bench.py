@@ -246,6 +246,33 @@ def peak_rss_bytes() -> int:
     return _proc_status_kib("VmHWM") * 1024
 
 
+ORIGINS = ("model_file", "libraries", "anonymous")
+
+
+def rss_by_origin(model_file: str | Path) -> dict[str, int]:
+    """This process's resident bytes by what backs them (Linux ``/proc/self/smaps``):
+    ``model_file`` (pages of the mapped model file: its tensors are views of the
+    mapping), ``libraries`` (every other file mapping: the code and data of torch's
+    libraries and the Python modules, paged in as they are first used) and
+    ``anonymous`` (heap, stacks and anonymous mappings: what is allocated)."""
+    target = str(Path(model_file).resolve())
+    out = dict.fromkeys(ORIGINS, 0)
+    origin = "anonymous"
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split(maxsplit=5)
+        if len(head) >= 5 and "-" in head[0] and not head[0].endswith(":"):
+            path = head[5].strip() if len(head) == 6 else ""
+            if path == target:
+                origin = "model_file"
+            elif path.startswith("/"):
+                origin = "libraries"
+            else:
+                origin = "anonymous"
+        elif head and head[0] == "Rss:":
+            out[origin] += int(head[1]) * 1024
+    return out
+
+
 @torch.no_grad()
 def decode(model: Transducer, feats: torch.Tensor, lens: torch.Tensor) -> int:
     """Encoder + greedy search, as q4asr-decode times it. Returns tokens emitted."""
@@ -258,16 +285,17 @@ def child_memory(args: argparse.Namespace) -> None:
     the peak RSS figures as JSON."""
     spec = json.loads(Path(args.child_spec).read_text())
     torch.set_num_threads(spec["threads"])
+    model_file = Path(spec["files"][args.child_system])
+    origin_imports = rss_by_origin(model_file)
     rss_imports = reset_peak_rss()
     t0 = time.perf_counter()
-    model = load_system(
-        args.child_system, Path(spec["files"][args.child_system]), spec["model_config"]
-    )
+    model = load_system(args.child_system, model_file, spec["model_config"])
     load_seconds = time.perf_counter() - t0
     rss_loaded = peak_rss_bytes()
     feats, lens, _ = make_batch(spec["model_config"], spec["batch"], spec["seconds"])
     decode(model, feats, lens)
     rss_peak = peak_rss_bytes()
+    origin_decoded = rss_by_origin(model_file)
     # a second decode: its peak over the RSS before it is the working memory of
     # decoding alone (kernels and libraries are loaded by then)
     rss_before = reset_peak_rss()
@@ -282,6 +310,11 @@ def child_memory(args: argparse.Namespace) -> None:
                 "peak_after_load_bytes": rss_loaded,
                 "peak_over_imports_bytes": rss_peak - rss_imports,
                 "decode_working_bytes": work,
+                # what the RSS after the first decode adds to that after the
+                # imports, by origin (at the end of the decode, not at its peak)
+                "rss_added_by_origin_bytes": {
+                    k: origin_decoded[k] - origin_imports[k] for k in ORIGINS
+                },
                 "max_rss_whole_process_bytes": resource.getrusage(
                     resource.RUSAGE_SELF
                 ).ru_maxrss
@@ -889,12 +922,16 @@ def load_section(args: argparse.Namespace) -> dict[str, Any]:
             rows = {}
             for sysname in LOAD_SYSTEMS:
                 rs = [r[sysname] for r in runs]
+                least = min(rs, key=lambda r: r["peak_over_imports_bytes"])
+                by_origin = least["rss_added_by_origin_bytes"]
                 rows[sysname] = {
                     "file_bytes": Path(files[sysname]).stat().st_size,
                     "load_seconds": sorted(r["load_seconds"] for r in rs)[len(rs) // 2],
-                    "peak_over_imports_bytes": min(
-                        r["peak_over_imports_bytes"] for r in rs
-                    ),
+                    "peak_over_imports_bytes": least["peak_over_imports_bytes"],
+                    "rss_added_by_origin_bytes": by_origin,
+                    # the model's own memory: its file's pages and what it allocates
+                    "model_memory_bytes": by_origin["model_file"]
+                    + by_origin["anonymous"],
                     "peak_after_load_bytes": min(
                         r["peak_after_load_bytes"] - r["rss_after_imports_bytes"]
                         for r in rs
@@ -907,6 +944,9 @@ def load_section(args: argparse.Namespace) -> dict[str, Any]:
                 r["peak_over_imports_bytes"] / ref["peak_over_imports_bytes"], 4
             )
             r["x_load_time"] = round(r["load_seconds"] / ref["load_seconds"], 3)
+            r["x_model_memory"] = round(
+                r["model_memory_bytes"] / ref["model_memory_bytes"], 4
+            )
         out["models"][name] = {
             "params": params,
             "config": str(train_yaml.relative_to(REPO)),
@@ -937,19 +977,33 @@ def render_load_markdown(r: dict[str, Any]) -> str:
         f"the imports (the least of {st['load_repeats']} processes), load time "
         "their median.",
         "",
+        "That process's RSS growth, split by what backs the pages "
+        "(`/proc/self/smaps`, at the end of the decode): the mapped model file "
+        "(the model's tensors are views of it), the other file mappings (torch's "
+        "libraries, paged in as their code first runs: the same few tens of MiB "
+        "whatever the model's size), and anonymous memory (what loading and decoding "
+        "allocate). Model memory is the model file's pages plus the anonymous "
+        "memory: peak over imports without the libraries' pages.",
+        "",
     ]
+    mib = 2**20
     for name, m in r["models"].items():
         lines += [
             f"{name} model (`{m['config']}`, {m['params']:,} parameters):",
             "",
-            "| system | file MiB | x float32 | load s | x float32 | peak over imports MiB | x float32 |",
-            "|---|---|---|---|---|---|---|",
+            "| system | file MiB | x float32 | load s | x float32 "
+            "| peak over imports MiB | x float32 | model file pages MiB "
+            "| library pages MiB | anonymous MiB | model memory x float32 |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for sysname, s in m["systems"].items():
+            o = s["rss_added_by_origin_bytes"]
             lines.append(
-                f"| {sysname} | {s['file_bytes'] / 2**20:.2f} | {s['x_file']:.3f} | "
+                f"| {sysname} | {s['file_bytes'] / mib:.2f} | {s['x_file']:.3f} | "
                 f"{s['load_seconds']:.3f} | {s['x_load_time']:.2f} | "
-                f"{s['peak_over_imports_bytes'] / 2**20:.1f} | {s['x_peak']:.3f} |"
+                f"{s['peak_over_imports_bytes'] / mib:.1f} | {s['x_peak']:.3f} | "
+                f"{o['model_file'] / mib:.1f} | {o['libraries'] / mib:.1f} | "
+                f"{o['anonymous'] / mib:.1f} | {s['x_model_memory']:.3f} |"
             )
         lines.append("")
     lines += [LOAD_MARK[1], ""]

@@ -222,3 +222,25 @@ def test_accuracy_read_from_results_json(tmp_path):
 def test_missing_plan_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match=r"w8a8\.yaml: no such precision plan"):
         bench.main(["--small", "--plans-dir", str(tmp_path)])
+
+
+def test_rss_by_origin_tells_the_model_file_from_libraries_and_allocations(tmp_path):
+    """Pages of a mapped file count as model_file, a fresh allocation as anonymous."""
+    import mmap
+
+    import torch
+
+    path = tmp_path / "model.bin"
+    size = 8 * 2**20
+    path.write_bytes(os.urandom(size))
+    before = bench.rss_by_origin(path)
+    assert before["model_file"] == 0 and before["libraries"] > 0
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        assert sum(m[i] for i in range(0, size, 4096)) >= 0  # touch every page
+        mapped = bench.rss_by_origin(path)
+        assert mapped["model_file"] == size
+        buf = torch.ones(16 * 2**20, dtype=torch.uint8)  # 16 MiB, written
+        grown = bench.rss_by_origin(path)
+        assert grown["anonymous"] - mapped["anonymous"] >= 15 * 2**20
+        assert grown["model_file"] == size
+        del buf
