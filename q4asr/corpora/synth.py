@@ -16,10 +16,18 @@ Speakers: a speaker is a voice plus one of ``NUM_VARIATIONS`` variations
 
 ``test_heldout`` holds the test sentences again, spoken by held-out voices.
 
+``--heldout-engine ENGINE`` (espeak, flite or festival) keeps every voice of that
+engine, seen or held out, out of train, dev, test and test_heldout, and adds a split
+``test_engine``: the test sentences again, spoken by that engine's voices (accuracy on
+a synthesiser the model never heard). The other engines then share its utterances in
+proportion to their weights. Without it the corpus is the same as before the option
+existed, for the same seed: the same voices, speeds and pitches for every utterance.
+
 Usage::
 
     python -m q4asr.corpora.synth --out-dir data/synth --num-train 12000 \\
-        --num-dev 300 --num-test 300 --seed 1 --nj 2 [--vocab-size 3000]
+        --num-dev 300 --num-test 300 --seed 1 --nj 2 [--vocab-size 3000] \\
+        [--heldout-engine festival]
 
 Outputs ``OUT/wav/<split>/<utt>.flac`` and
 ``OUT/manifests/synth_{recordings,supervisions}_<split>.jsonl.gz``. The run is
@@ -59,7 +67,8 @@ from q4asr.utils import setup_logging
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-SPLITS = ("train", "dev", "test", "test_heldout")
+# every split a corpus can have; test_engine only with a held-out engine
+SPLITS = ("train", "dev", "test", "test_heldout", "test_engine")
 NUM_VARIATIONS = 3
 
 ESPEAK_LANGS = (
@@ -100,6 +109,7 @@ FESTIVAL_HELDOUT = ("ked_diphone",)
 
 # Fraction of utterances per engine, before dropping engines that are not installed.
 ENGINE_WEIGHTS = {"espeak": 0.55, "flite": 0.3, "festival": 0.15}
+ENGINES = tuple(ENGINE_WEIGHTS)
 FESTIVAL_VOICE_DIRS = (Path("/usr/share/festival/voices"),)
 
 
@@ -181,6 +191,45 @@ def voice_groups(
     return seen, held
 
 
+def _check_engine(name: str) -> str:
+    if name not in ENGINES:
+        raise ValueError(
+            f"--heldout-engine {name!r}: unknown engine, expected one of "
+            f"{', '.join(ENGINES)}"
+        )
+    return name
+
+
+def split_voices(
+    heldout_engine: str | None = None,
+) -> tuple[dict[str, list[Voice]], dict[str, list[Voice]], list[Voice]]:
+    """(seen, held-out, held-out engine's) voices: :func:`voice_groups` without the
+    voices of ``heldout_engine``, and those voices (seen ones first; [] for None).
+
+    ValueError, naming the option, when ``heldout_engine`` is not an engine, has no
+    voice installed, or is the only engine with seen or with held-out voices.
+    """
+    seen, held = voice_groups()
+    if heldout_engine is None:
+        return seen, held, []
+    out = _check_engine(heldout_engine)
+    engine_voices = seen.get(out, []) + held.get(out, [])
+    if not engine_voices:
+        raise ValueError(
+            f"--heldout-engine {out}: no voice of {out} is installed on this "
+            "machine (tools/install.sh installs espeak-ng, flite and festival)"
+        )
+    seen = {e: v for e, v in seen.items() if e != out}
+    held = {e: v for e, v in held.items() if e != out}
+    if not seen or not held:
+        raise ValueError(
+            f"--heldout-engine {out}: no other engine has "
+            f"{'seen' if not seen else 'held-out'} voices installed, so none is "
+            "left for train, dev, test and test_heldout"
+        )
+    return seen, held, engine_voices
+
+
 def _variation(seed: int, voice: Voice, k: int) -> tuple[float, float]:
     """Speaker-level (speed factor, pitch) for variation ``k`` of ``voice``."""
     rng = random.Random(f"{seed}:{voice.id}:{k}")
@@ -201,6 +250,7 @@ class SynthConfig:
     min_words: int = 3
     max_words: int = 14
     audio_format: str = "flac"
+    heldout_engine: str | None = None  # an engine kept out of training (test_engine)
 
     def __post_init__(self) -> None:
         for name in ("num_train", "num_dev", "num_test"):
@@ -214,6 +264,8 @@ class SynthConfig:
             raise ValueError(
                 f"SynthConfig.audio_format must be 'flac' or 'wav', got {self.audio_format!r}"
             )
+        if self.heldout_engine is not None:
+            _check_engine(self.heldout_engine)
         TextConfig(self.vocab_size, self.min_words, self.max_words)  # validates those
 
 
@@ -225,7 +277,11 @@ def make_specs(
     ``sentences`` defaults to :func:`q4asr.corpora.text.load_sentences`. Test sentences
     are the first ``num_test`` of the shuffled list, dev the next ``num_dev``, train
     cycles through the rest (reshuffled each pass) when it needs more utterances
-    than sentences.
+    than sentences. With ``config.heldout_engine`` the result also has
+    ``"test_engine"`` (the test sentences spoken by that engine's seen and held-out
+    voices) and no other split has a voice of that engine; ValueError when that
+    engine has no voice installed, or when no other engine is left for the other
+    splits.
     """
     out_dir = Path(out_dir).resolve()
     if sentences is None:
@@ -251,7 +307,7 @@ def make_specs(
         train_s.extend(batch)
     train_s = train_s[: config.num_train]
 
-    seen, held = voice_groups()
+    seen, held, engine_voices = split_voices(config.heldout_engine)
 
     def assign(
         split: str, texts: list[str], groups: dict[str, list[Voice]]
@@ -288,12 +344,17 @@ def make_specs(
             )
         return specs
 
-    return {
+    by_split = {
         "train": assign("train", train_s, seen),
         "dev": assign("dev", dev_s, seen),
         "test": assign("test", test_s, seen),
         "test_heldout": assign("test_heldout", test_s, held),
     }
+    if engine_voices:
+        by_split["test_engine"] = assign(
+            "test_engine", test_s, {config.heldout_engine: engine_voices}
+        )
+    return by_split
 
 
 def _audio_ok(path: str | Path) -> bool:
@@ -482,7 +543,7 @@ def synthesize_corpus(
     """
     out_dir = Path(out_dir)
     by_split = make_specs(config, out_dir, sentences)
-    all_specs = [p for s in SPLITS for p in by_split[s]]
+    all_specs = [p for s in SPLITS for p in by_split.get(s, [])]
     pre_done = {p.utt_id for p in all_specs if _audio_ok(p.path)}
     # chunks mix splits but keep festival voices together for batching
     order = sorted(all_specs, key=lambda p: (p.engine != "festival", p.voice, p.utt_id))
@@ -519,9 +580,10 @@ def synthesize_corpus(
     wall = time.time() - t0
     audio = 0.0
     for split in SPLITS:
-        done = [results[p.utt_id] for p in by_split[split] if p.utt_id in results]
+        specs = by_split.get(split, [])
+        done = [results[p.utt_id] for p in specs if p.utt_id in results]
         if not done:
-            if by_split[split]:
+            if specs:
                 raise RuntimeError(
                     f"{out_dir}: no utterance of {split} was synthesised"
                 )
@@ -572,22 +634,37 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-words", type=int, default=3)
     p.add_argument("--max-words", type=int, default=14)
     p.add_argument("--audio-format", choices=["flac", "wav"], default="flac")
+    p.add_argument(
+        "--heldout-engine",
+        default=None,
+        metavar="ENGINE",
+        help="keep every voice of this engine (espeak, flite or festival) out of\n"
+        "train/dev/test/test_heldout and write split test_engine: the test\n"
+        "sentences spoken by its voices (default, or '' or none: no engine held out)",
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """The command line; a bad option value exits with one line naming it."""
     args = get_parser().parse_args(argv)
     setup_logging()
-    config = SynthConfig(
-        num_train=args.num_train,
-        num_dev=args.num_dev,
-        num_test=args.num_test,
-        seed=args.seed,
-        vocab_size=args.vocab_size,
-        min_words=args.min_words,
-        max_words=args.max_words,
-        audio_format=args.audio_format,
-    )
+    heldout = args.heldout_engine
+    try:
+        config = SynthConfig(
+            num_train=args.num_train,
+            num_dev=args.num_dev,
+            num_test=args.num_test,
+            seed=args.seed,
+            vocab_size=args.vocab_size,
+            min_words=args.min_words,
+            max_words=args.max_words,
+            audio_format=args.audio_format,
+            heldout_engine=None if heldout in (None, "", "none") else heldout,
+        )
+        split_voices(config.heldout_engine)  # installed voices, before any work
+    except ValueError as e:
+        raise SystemExit(f"q4asr.corpora.synth: error: {e}") from None
     log.info("config: %s", asdict(config))
     synthesize_corpus(config, args.out_dir, num_jobs=args.nj)
 

@@ -1,5 +1,8 @@
-"""Synthetic corpus: sentence split, held-out voices, determinism, resume, failures."""
+"""Synthetic corpus: sentence split, held-out voices and engine, determinism, resume,
+failures."""
 
+import hashlib
+import json
 import logging
 import os
 from dataclasses import replace
@@ -7,6 +10,7 @@ from dataclasses import replace
 import pytest
 from lhotse import load_manifest
 
+from q4asr.corpora import synth as synth_mod
 from q4asr.corpora.synth import (
     SPLITS,
     SynthConfig,
@@ -15,6 +19,8 @@ from q4asr.corpora.synth import (
     synthesize_corpus,
 )
 from q4asr.corpora.text import TextConfig, load_sentences
+
+BASE_SPLITS = ("train", "dev", "test", "test_heldout")
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +31,8 @@ def sentences():
 def test_specs_splits_by_sentence_and_holds_out_voices(sentences, tmp_path):
     cfg = SynthConfig(num_train=3 * len(sentences), num_dev=30, num_test=30, seed=7)
     by_split = make_specs(cfg, tmp_path, sentences)
-    text = {s: {p.text for p in by_split[s]} for s in SPLITS}
+    assert tuple(by_split) == BASE_SPLITS  # test_engine only with a held-out engine
+    text = {s: {p.text for p in by_split[s]} for s in BASE_SPLITS}
     assert len(text["test"]) == 30 and len(text["dev"]) == 30
     assert not text["test"] & (text["train"] | text["dev"])
     assert not text["dev"] & text["train"]
@@ -35,7 +42,7 @@ def test_specs_splits_by_sentence_and_holds_out_voices(sentences, tmp_path):
     assert [p.text for p in by_split["test_heldout"]] == [
         p.text for p in by_split["test"]
     ]
-    voices = {s: {(p.engine, p.voice) for p in by_split[s]} for s in SPLITS}
+    voices = {s: {(p.engine, p.voice) for p in by_split[s]} for s in BASE_SPLITS}
     seen = voices["train"] | voices["dev"] | voices["test"]
     assert not voices["test_heldout"] & seen
     variants = {v.split("+")[-1] for e, v in seen if e == "espeak"}
@@ -44,7 +51,7 @@ def test_specs_splits_by_sentence_and_holds_out_voices(sentences, tmp_path):
     }
     assert not variants & held_variants
     assert len({p.engine for p in by_split["train"]}) == 3  # espeak, flite, festival
-    assert len({p.utt_id for s in SPLITS for p in by_split[s]}) == sum(
+    assert len({p.utt_id for s in BASE_SPLITS for p in by_split[s]}) == sum(
         map(len, by_split.values())
     )
 
@@ -70,7 +77,8 @@ def test_synthesis_deterministic_resumable(sentences, tmp_path):
     sa = synthesize_corpus(cfg, a, sentences=sentences, progress=False)
     synthesize_corpus(cfg, b, sentences=sentences, progress=False)
     assert sa["num_failed"] == 0 and sa["num_utts"] == 14 and sa["audio_s"] > 5
-    for split in SPLITS:
+    assert not (a / "manifests" / "synth_recordings_test_engine.jsonl.gz").exists()
+    for split in BASE_SPLITS:
         assert _manifest_rows(a, split) == _manifest_rows(b, split)
         recs = load_manifest(a / "manifests" / f"synth_recordings_{split}.jsonl.gz")
         assert all(r.sampling_rate == 16000 and r.num_channels == 1 for r in recs)
@@ -99,7 +107,6 @@ def test_tts_failure_is_logged_and_skipped(sentences, tmp_path, caplog, monkeypa
     res = synth_chunk([bad, good])
     assert res[0][1] is None and "festival" in res[0][2]
     assert res[1][1] is not None and res[1][1].duration > 0.3
-    from q4asr.corpora import synth as synth_mod
 
     def with_bad(config, out_dir, sents=None):
         by_split = make_specs(config, out_dir, sents)
@@ -123,3 +130,120 @@ def test_config_validation():
         SynthConfig(num_train=1, num_dev=-1, num_test=0)
     with pytest.raises(ValueError, match="audio_format"):
         SynthConfig(num_train=1, num_dev=0, num_test=0, audio_format="mp3")
+
+
+def _spec_rows(by_split):
+    return [
+        (p.utt_id, p.text, p.engine, p.voice, p.speaker, p.speed, p.pitch, p.peak_db)
+        for s in by_split
+        for p in by_split[s]
+    ]
+
+
+def test_specs_without_heldout_engine_are_unchanged(tmp_path):
+    """The voices, speeds and pitches of every utterance as the corpus had them before
+    --heldout-engine existed (pinned for these sentences and the voices installed by
+    tools/install.sh): the option must not move any existing random draw."""
+    sents = [f"SENTENCE NUMBER {i}" for i in range(60)]
+    cfg = SynthConfig(num_train=20, num_dev=4, num_test=6, seed=3)
+    by_split = make_specs(cfg, tmp_path, sents)
+    assert by_split == make_specs(replace(cfg, heldout_engine=None), tmp_path, sents)
+    assert tuple(by_split) == BASE_SPLITS
+    rows = _spec_rows(by_split)
+    assert rows[:3] == [
+        ("train-000000", "SENTENCE NUMBER 35", "espeak", "en+max", "espeak-en+max-v1",
+         1.089, 24.0, 1.2),
+        ("train-000001", "SENTENCE NUMBER 59", "espeak", "en-029+david",
+         "espeak-en-029+david-v1", 0.866, 43.0, 5.1),
+        ("train-000002", "SENTENCE NUMBER 21", "festival", "kal_diphone",
+         "festival-kal_diphone-v2", 0.866, 277.3, 4.4),
+    ]  # fmt: skip
+    assert rows[-1] == (
+        "test_heldout-000005", "SENTENCE NUMBER 5", "flite", "awb", "flite-awb-v1",
+        1.226, -232.0, 3.5,
+    )  # fmt: skip
+    digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+    assert digest == "8ca128fee19ef2748de58b5c802d71e3a635939eec6532fda95e2fcd982e2669"
+
+
+@pytest.mark.parametrize("engine", ["espeak", "flite", "festival"])
+def test_heldout_engine_only_in_test_engine(sentences, tmp_path, engine):
+    cfg = SynthConfig(num_train=200, num_dev=20, num_test=40, seed=4)
+    plain = make_specs(cfg, tmp_path, sentences)
+    by_split = make_specs(replace(cfg, heldout_engine=engine), tmp_path, sentences)
+    assert tuple(by_split) == (*BASE_SPLITS, "test_engine")
+    assert tuple(by_split) == SPLITS
+    engines = {s: {p.engine for p in by_split[s]} for s in by_split}
+    for s in BASE_SPLITS:
+        assert engine not in engines[s], s
+        assert len(engines[s]) == 2, s  # both other engines still speak
+        # the same sentences in the same order: only the voices moved
+        assert [p.text for p in by_split[s]] == [p.text for p in plain[s]]
+    assert engines["test_engine"] == {engine}
+    assert [p.text for p in by_split["test_engine"]] == [
+        p.text for p in by_split["test"]
+    ]
+    # the engine's seen and held-out voices alike
+    seen, held = synth_mod.voice_groups()
+    voices = {p.voice for p in by_split["test_engine"]}
+    assert voices <= {v.name for v in seen[engine] + held[engine]}
+    if engine != "espeak":  # a few voices: 40 utterances reach both groups
+        assert voices & {v.name for v in seen[engine]}
+        assert voices & {v.name for v in held[engine]}
+    ids = [p.utt_id for s in by_split for p in by_split[s]]
+    assert len(set(ids)) == len(ids)
+    assert all("/wav/test_engine/" in p.path for p in by_split["test_engine"])
+
+
+def test_heldout_engine_errors(sentences, tmp_path, monkeypatch, capsys):
+    cfg = SynthConfig(num_train=10, num_dev=2, num_test=2, seed=0)
+    with pytest.raises(ValueError, match="--heldout-engine 'mbrola': unknown engine"):
+        replace(cfg, heldout_engine="mbrola")
+    args = ["--out-dir", str(tmp_path), "--num-train", "4", "--num-dev", "1"]
+    args += ["--num-test", "1"]
+    with pytest.raises(SystemExit) as e:
+        synth_mod.main([*args, "--heldout-engine", "mbrola"])
+    msg = str(e.value.code)
+    assert "\n" not in msg and msg.startswith("q4asr.corpora.synth: error: ")
+    assert "--heldout-engine 'mbrola': unknown engine, expected one of" in msg
+    # festival without voices: refused before anything is synthesised
+    monkeypatch.setattr(synth_mod, "FESTIVAL_VOICE_DIRS", (tmp_path / "none",))
+    fest = replace(cfg, heldout_engine="festival")
+    with pytest.raises(ValueError, match="no voice of festival is installed"):
+        make_specs(fest, tmp_path, sentences)
+    with pytest.raises(SystemExit) as e:
+        synth_mod.main([*args, "--heldout-engine", "festival"])
+    msg = str(e.value.code)
+    assert "\n" not in msg and "no voice of festival is installed" in msg
+    assert not (tmp_path / "wav").exists()
+    # the only engine installed cannot be held out
+    seen, held = synth_mod.voice_groups()
+    monkeypatch.setattr(
+        synth_mod,
+        "voice_groups",
+        lambda: ({"espeak": seen["espeak"]}, {"espeak": held["espeak"]}),
+    )
+    with pytest.raises(ValueError, match="--heldout-engine espeak: no other engine"):
+        make_specs(replace(cfg, heldout_engine="espeak"), tmp_path, sentences)
+
+
+def test_heldout_engine_corpus_synthesised(sentences, tmp_path):
+    cfg = SynthConfig(
+        num_train=4, num_dev=1, num_test=2, seed=2, heldout_engine="flite"
+    )
+    stats = synthesize_corpus(cfg, tmp_path, sentences=sentences, progress=False)
+    assert stats["num_failed"] == 0 and stats["num_utts"] == 11
+    engines = {}
+    for split in SPLITS:
+        sups = load_manifest(
+            tmp_path / "manifests" / f"synth_supervisions_{split}.jsonl.gz"
+        )
+        recs = load_manifest(
+            tmp_path / "manifests" / f"synth_recordings_{split}.jsonl.gz"
+        )
+        assert [r.id for r in recs] == [s.id for s in sups]
+        assert all(r.duration > 0.3 for r in recs)
+        engines[split] = {s.custom["engine"] for s in sups}
+    assert engines["test_engine"] == {"flite"}
+    assert all("flite" not in engines[s] for s in BASE_SPLITS)
+    assert len(list((tmp_path / "wav" / "test_engine").iterdir())) == 2
