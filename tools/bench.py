@@ -932,6 +932,17 @@ def load_section(args: argparse.Namespace) -> dict[str, Any]:
                     # the model's own memory: its file's pages and what it allocates
                     "model_memory_bytes": by_origin["model_file"]
                     + by_origin["anonymous"],
+                    "processes": [
+                        {
+                            k: r[k]
+                            for k in (
+                                "load_seconds",
+                                "peak_over_imports_bytes",
+                                "rss_added_by_origin_bytes",
+                            )
+                        }
+                        for r in rs
+                    ],
                     "peak_after_load_bytes": min(
                         r["peak_after_load_bytes"] - r["rss_after_imports_bytes"]
                         for r in rs
@@ -1005,6 +1016,18 @@ def render_load_markdown(r: dict[str, Any]) -> str:
                 f"{o['model_file'] / mib:.1f} | {o['libraries'] / mib:.1f} | "
                 f"{o['anonymous'] / mib:.1f} | {s['x_model_memory']:.3f} |"
             )
+        spread = []
+        for sysname, s in m["systems"].items():
+            ps = s.get("processes", [])
+            if ps:
+                ts = [p["load_seconds"] for p in ps]
+                an = [p["rss_added_by_origin_bytes"]["anonymous"] / mib for p in ps]
+                spread.append(
+                    f"{sysname} load {min(ts):.3f}-{max(ts):.3f} s, "
+                    f"anonymous {min(an):.1f}-{max(an):.1f} MiB"
+                )
+        if spread:
+            lines += ["", f"Across the {len(ps)} processes: " + "; ".join(spread) + "."]
         lines.append("")
     lines += [LOAD_MARK[1], ""]
     return "\n".join(lines)
