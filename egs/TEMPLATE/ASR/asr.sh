@@ -32,7 +32,12 @@
 #   --train-parts "a b"   several training parts (corpora) of the prefix: features for each,
 #                         interleaved by CutSet.mux (weighted by hours) into the cuts of
 #                         --train-part, and the BPE model trained on all their transcripts
-#   --speed-perturb "0.9 1.1"  speed-perturbed copies of the training part(s) (stage 10)
+#   --speed-perturb "0.9 1.1"  speed-perturbed copies of the training part(s) (stage 10);
+#                         the same for the other copies (q4asr/data/features.py says how):
+#   --volume-perturb "0.3 3"   volume-perturbed copies
+#   --reverb true         a copy reverberated by simulated room impulse responses
+#   --noise-snr "20 10"   copies with white/pink/brown noise mixed in at these SNRs (dB)
+#   --babble-snr "15"     copies with other training cuts mixed in as babble at these SNRs
 #   --train-launcher "torchrun --nproc-per-node 8"  runs `LAUNCHER -m q4asr.bin.train` for
 #                         distributed training (default: plain q4asr-train, one process)
 #   --train-shar true     train from Lhotse Shar shards (for large corpora on many nodes);
@@ -61,6 +66,10 @@ exp_dir=exp
 results_md=RESULTS.md
 train_parts=
 speed_perturb=
+volume_perturb=
+reverb=false
+noise_snr=
+babble_snr=
 train_launcher=
 train_shar=false
 shar_fields=features
@@ -91,7 +100,13 @@ if [ -n "$train_parts" ]; then
   feat_parts=($train_parts)
   feat_opts+=(--mux-parts $train_parts --mux-name "$train_part")
 fi
-[ -n "$speed_perturb" ] && feat_opts+=(--speed-perturb $speed_perturb --perturb-parts "${feat_parts[@]}")
+aug_opts=()
+[ -n "$speed_perturb" ] && aug_opts+=(--speed-perturb $speed_perturb)
+[ -n "$volume_perturb" ] && aug_opts+=(--volume-perturb $volume_perturb)
+$reverb && aug_opts+=(--reverb)
+[ -n "$noise_snr" ] && aug_opts+=(--noise-snr $noise_snr)
+[ -n "$babble_snr" ] && aug_opts+=(--babble-snr $babble_snr)
+[ ${#aug_opts[@]} -gt 0 ] && feat_opts+=("${aug_opts[@]}" --perturb-parts "${feat_parts[@]}")
 case "$train_shar" in
   true|false) ;;
   *) echo "$0: --train-shar $train_shar: expected true or false" >&2; exit 1 ;;
