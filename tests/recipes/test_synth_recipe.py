@@ -145,3 +145,35 @@ def test_failing_stage_leaves_no_marker_and_is_redone(tmp_path):
     run(d, "--stage", "12", "--stop-stage", "12")
     assert (d / "exp/float32/.train.done").exists()
     assert (d / "exp/float32/final.pt").exists()
+
+
+@pytest.mark.slow
+def test_heldout_engine_corpus_with_augmented_features(tmp_path):
+    d = _recipe(tmp_path)
+    r = run(d, "--heldout-engine", "mbrola", check=False)
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [
+        f"{d / 'run.sh'}: --heldout-engine mbrola: expected espeak, flite or festival"
+    ]
+    assert not (d / "data").exists() and not (d / "exp").exists()
+    r = run(d, "--heldout-engine", "flite", "--stop-stage", "10", "--speed-perturb",
+            "1.1", "--reverb", "true", "--noise-snr", "10")
+    # a corpus of its own, test_engine among the test parts of every later stage
+    data = d / "data" / "heldout_flite"
+    assert not (d / "data" / "manifests").exists()
+    assert "for train dev test test_heldout test_engine" in r.stderr
+    from lhotse import load_manifest
+
+    engines = {}
+    for part in ("train", "dev", "test", "test_heldout", "test_engine"):
+        sups = load_manifest(data / "manifests" / f"synth_supervisions_{part}.jsonl.gz")
+        engines[part] = {s.custom["engine"] for s in sups}
+        cuts = load_manifest(data / "fbank" / f"synth_cuts_{part}.jsonl.gz")
+        n = len(cuts) if part != "train" else len(cuts) // 4
+        assert n == len(sups), part
+    assert engines["test_engine"] == {"flite"}
+    assert all("flite" not in engines[p] for p in ("train", "dev", "test", "test_heldout"))
+    ids = [c.id for c in load_manifest(data / "fbank" / "synth_cuts_train.jsonl.gz")]
+    for suffix in ("_sp1.1", "_rvb", "_noise10"):
+        assert sum(i.endswith(suffix) for i in ids) == len(ids) // 4, suffix
+    assert (d / "exp" / "heldout_flite" / "commands.log").is_file()

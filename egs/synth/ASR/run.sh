@@ -11,6 +11,14 @@
 #                  beam search, both reported for every system)
 #   --quick true   a small corpus and small models: every stage in a few minutes
 #                  (data in data/quick, results in exp/quick, RESULTS.md untouched)
+#   --heldout-engine festival   a corpus without festival (or espeak, flite) in train,
+#                  dev, test and test_heldout, and its test sentences spoken by that
+#                  engine's voices as test part test_engine, decoded and reported with
+#                  the others; a corpus of its own: data in data/heldout_<engine>,
+#                  results in exp/heldout_<engine> and its RESULTS.md there (default
+#                  empty: every engine in training, the demo's corpus)
+#   --speed-perturb "0.9 1.1" --volume-perturb "0.3 3" --reverb true --noise-snr "20 10"
+#   --babble-snr "15"   augmented copies of the training cuts (the template's stage 10)
 # Stages: 0 synthesize the corpus (lhotse manifests in DATA/manifests);
 #         10-16 the template's (egs/TEMPLATE/ASR/asr.sh): features, bpe, train,
 #         average, export, decode, report.
@@ -32,6 +40,7 @@ decode_methods="greedy_search modified_beam_search"
 data_dir=data
 exp_dir=exp
 results_md=RESULTS.md
+heldout_engine=
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
 Q4ASR_ROOT=${Q4ASR_ROOT:-$(cd ../../.. && pwd)}
@@ -39,6 +48,20 @@ forward_to=$Q4ASR_ROOT/egs/TEMPLATE/ASR/asr.sh
 . "$Q4ASR_ROOT/tools/parse_options.sh"
 . "$Q4ASR_ROOT/tools/path.sh"
 . "$Q4ASR_ROOT/egs/TEMPLATE/ASR/lib.sh"
+
+case "$heldout_engine" in
+  ""|espeak|flite|festival) ;;
+  *) echo "$0: --heldout-engine $heldout_engine: expected espeak, flite or festival" >&2; exit 1 ;;
+esac
+synth_tests="test test_heldout"
+heldout_opts=()
+if [ -n "$heldout_engine" ]; then
+  # another corpus: its own data and results, never resumed from the default corpus
+  data_dir=$data_dir/heldout_$heldout_engine exp_dir=$exp_dir/heldout_$heldout_engine
+  results_md=$exp_dir/RESULTS.md
+  synth_tests="$synth_tests test_engine"
+  heldout_opts=(--heldout-engine "$heldout_engine")
+fi
 
 if $quick; then
   num_train=400 num_dev=30 num_test=30 vocab_size=300 nbpe=128 avg=2
@@ -60,10 +83,10 @@ if run_stage 0 "synthesize the corpus: $num_train/$num_dev/$num_test utterances"
   done_or_run "$data_dir/manifests/.synth.done" \
     python -m q4asr.corpora.synth --out-dir "$data_dir" --num-train "$num_train" \
       --num-dev "$num_dev" --num-test "$num_test" --vocab-size "$vocab_size" \
-      --seed "$seed" --nj "$nj"
+      --seed "$seed" --nj "$nj" "${heldout_opts[@]}"
   end_stage
 fi
 
 run_template nj nbpe avg systems decode_methods data_dir exp_dir results_md -- \
-  --prefix synth --test-parts "test test_heldout" \
-  --results-title "synth$($quick && echo ' (quick)')"
+  --prefix synth --test-parts "$synth_tests" \
+  --results-title "synth${heldout_engine:+ without $heldout_engine}$($quick && echo ' (quick)')"
