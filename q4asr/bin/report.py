@@ -297,6 +297,62 @@ def paired_differences(
     return out
 
 
+def compare_decodes(
+    dir_a: str | Path,
+    dir_b: str | Path,
+    parts: list[str],
+    methods: list[str],
+    resamples: int = 1000,
+    seed: int = 0,
+) -> list[dict]:
+    """Paired differences between two systems' decodes, wherever they are (e.g. the
+    same recipe trained on two corpora or two feature sets): ``dir_a`` and ``dir_b``
+    are system dirs (``<dir>/decode/<part>-<method>.json``); one row per part and
+    method both decoded, with each side's WER and :func:`paired_difference` of a - b.
+    ValueError, naming the file, when a decode has no per-utterance errors."""
+    rows = []
+    for method in methods:
+        for part in parts:
+            files = [Path(d) / "decode" / f"{part}-{method}.json" for d in (dir_a, dir_b)]
+            ds = [(f, _read_json(f)) for f in files]
+            if any(d is None for _, d in ds):
+                missing = [str(f) for f, d in ds if d is None]
+                log.warning("not compared on %s with %s: no %s", part, method, missing)
+                continue
+            for f, d in ds:
+                if not d.get("per_utt"):
+                    raise ValueError(f"{f}: no per-utterance errors to pair")
+            (_, a), (_, b) = ds
+            rows.append(
+                {
+                    "test_set": part,
+                    "method": method,
+                    "wer_a": a["wer"],
+                    "wer_b": b["wer"],
+                    **paired_difference(a["per_utt"], b["per_utt"], resamples, seed),
+                }
+            )
+    return rows
+
+
+def compare_markdown(rows: list[dict], a: str, b: str) -> str:
+    """The rows of :func:`compare_decodes` as a markdown table."""
+    lines = [
+        f"A = `{a}`, B = `{b}`; difference A - B in WER points with its paired "
+        "95% bootstrap interval over utterances.",
+        "",
+        "| test set | decoding | WER A | WER B | A - B | interval | A better in |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['test_set']} | {r['method']} | {r['wer_a']:.2f} | "
+            f"{r['wer_b']:.2f} | {r['diff']:+.2f} | [{r['low']:+.2f}, "
+            f"{r['high']:+.2f}] | {100 * r['p_a_better']:.1f}% |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def _fmt(v, spec: str, none: str = "-") -> str:
     return none if v is None else format(v, spec)
 
@@ -624,8 +680,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--plot", default=None, help="PNG (default: EXP_DIR/wer_vs_size.png)"
     )
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("SYSTEM_DIR_A", "SYSTEM_DIR_B"),
+        help="instead of the report: the paired WER differences of two system dirs' "
+        "decodes on --test-parts with --decode-methods (a markdown table; the rows "
+        "as JSON to --out when given)",
+    )
     args = p.parse_args(argv)
     setup_logging()
+    if args.compare:
+        a, b = args.compare
+        try:
+            rows = compare_decodes(
+                a, b, args.test_parts, args.decode_methods, args.bootstrap_resamples
+            )
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        if not rows:
+            print(f"error: {a} and {b} have no decode in common", file=sys.stderr)
+            return 1
+        if args.out:
+            atomic_write(
+                Path(args.out),
+                lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=2) + "\n"),
+            )
+        print(compare_markdown(rows, a, b), end="")
+        return 0
     try:
         results = collect(
             args.systems,

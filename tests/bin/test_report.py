@@ -129,3 +129,44 @@ def test_labels_do_not_overlap_when_points_coincide(tmp_path):
         for b in boxes[i + 1 :]:
             assert report._overlap(a, b) == 0.0
     plt.close(fig)
+
+
+def test_compare_pairs_two_system_dirs(exp, tmp_path, capsys):
+    """--compare: the paired difference of two system dirs' decodes, one row per
+    part and method, with the interval excluding 0 for a clear difference."""
+    a, b = exp / "exp" / "ptq_w4a8", exp / "exp" / "float32"
+    out = tmp_path / "cmp.json"
+    rc = report.main(
+        [
+            "--compare", str(a), str(b),
+            "--test-parts", "test", "nope",
+            "--decode-methods", "greedy_search", "modified_beam_search",
+            "--out", str(out),
+        ]
+    )
+    assert rc == 0
+    rows = json.loads(out.read_text())
+    assert [(r["test_set"], r["method"]) for r in rows] == [
+        ("test", "greedy_search"),
+        ("test", "modified_beam_search"),
+    ]
+    for r in rows:
+        assert r["diff"] == pytest.approx(r["wer_a"] - r["wer_b"], abs=0.01)
+        assert r["low"] > 0 and r["diff"] > 10  # ptq at ~40% vs float at ~20%
+        assert r["p_a_better"] == 0.0
+    table = capsys.readouterr().out
+    assert "| test | greedy_search |" in table and str(a) in table
+    # a system against itself: zero, both ways
+    rows = report.compare_decodes(b, b, ["test"], ["greedy_search"])
+    assert rows[0]["diff"] == 0 and rows[0]["low"] == 0 and rows[0]["high"] == 0
+
+
+def test_compare_refuses_decodes_without_per_utterance_errors(exp, capsys):
+    d = exp / "exp" / "float32" / "decode" / "test-greedy_search.json"
+    r = json.loads(d.read_text())
+    r.pop("per_utt")
+    d.write_text(json.dumps(r))
+    rc = report.main(["--compare", str(d.parents[1]), str(exp / "exp" / "qat_w4a8")])
+    assert rc == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(d) in err[0] and "per-utterance" in err[0]
