@@ -247,6 +247,8 @@ def peak_rss_bytes() -> int:
 
 
 ORIGINS = ("model_file", "libraries", "anonymous")
+# paths the kernel shows for shared anonymous memory (allocated, not a file's pages)
+SHARED_ANONYMOUS = ("/dev/zero", "/memfd:", "/SYSV")
 
 
 def rss_by_origin(model_file: str | Path) -> dict[str, int]:
@@ -264,7 +266,7 @@ def rss_by_origin(model_file: str | Path) -> dict[str, int]:
             path = head[5].strip() if len(head) == 6 else ""
             if path == target:
                 origin = "model_file"
-            elif path.startswith("/"):
+            elif path.startswith("/") and not path.startswith(SHARED_ANONYMOUS):
                 origin = "libraries"
             else:
                 origin = "anonymous"

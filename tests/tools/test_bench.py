@@ -228,8 +228,6 @@ def test_rss_by_origin_tells_the_model_file_from_libraries_and_allocations(tmp_p
     """Pages of a mapped file count as model_file, a fresh allocation as anonymous."""
     import mmap
 
-    import torch
-
     path = tmp_path / "model.bin"
     size = 8 * 2**20
     path.write_bytes(os.urandom(size))
@@ -239,8 +237,18 @@ def test_rss_by_origin_tells_the_model_file_from_libraries_and_allocations(tmp_p
         assert sum(m[i] for i in range(0, size, 4096)) >= 0  # touch every page
         mapped = bench.rss_by_origin(path)
         assert mapped["model_file"] == size
-        buf = torch.ones(16 * 2**20, dtype=torch.uint8)  # 16 MiB, written
-        grown = bench.rss_by_origin(path)
+        # a fresh anonymous mapping of 16 MiB, every page written (a heap
+        # allocation could reuse pages already resident from earlier work)
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+        with mmap.mmap(-1, 16 * 2**20, flags=flags) as anon:
+            for i in range(0, len(anon), 4096):
+                anon[i] = 1
+            grown = bench.rss_by_origin(path)
         assert grown["anonymous"] - mapped["anonymous"] >= 15 * 2**20
         assert grown["model_file"] == size
-        del buf
+        # shared anonymous memory (shown as /dev/zero) is allocated memory too
+        with mmap.mmap(-1, 16 * 2**20) as shared:
+            for i in range(0, len(shared), 4096):
+                shared[i] = 1
+            after = bench.rss_by_origin(path)
+        assert after["anonymous"] - mapped["anonymous"] >= 15 * 2**20
