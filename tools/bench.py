@@ -1020,17 +1020,15 @@ def render_load_markdown(r: dict[str, Any]) -> str:
             )
         spread = []
         for sysname, s in m["systems"].items():
-            ps = s.get("processes", [])
-            if ps:
-                ts = [p["load_seconds"] for p in ps]
-                an = [p["rss_added_by_origin_bytes"]["anonymous"] / mib for p in ps]
-                spread.append(
-                    f"{sysname} load {min(ts):.3f}-{max(ts):.3f} s, "
-                    f"anonymous {min(an):.1f}-{max(an):.1f} MiB"
-                )
-        if spread:
-            lines += ["", f"Across the {len(ps)} processes: " + "; ".join(spread) + "."]
-        lines.append("")
+            ps = s["processes"]
+            ts = [p["load_seconds"] for p in ps]
+            an = [p["rss_added_by_origin_bytes"]["anonymous"] / mib for p in ps]
+            spread.append(
+                f"{sysname} load {min(ts):.3f}-{max(ts):.3f} s, "
+                f"anonymous {min(an):.1f}-{max(an):.1f} MiB"
+            )
+        n = st["load_repeats"]
+        lines += ["", f"Across the {n} processes: " + "; ".join(spread) + ".", ""]
     lines += [LOAD_MARK[1], ""]
     return "\n".join(lines)
 

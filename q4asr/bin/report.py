@@ -314,15 +314,13 @@ def compare_decodes(
     for method in methods:
         for part in parts:
             files = [Path(d) / "decode" / f"{part}-{method}.json" for d in (dir_a, dir_b)]
-            ds = [(f, _read_json(f)) for f in files]
-            if any(d is None for _, d in ds):
-                missing = [str(f) for f, d in ds if d is None]
-                log.warning("not compared on %s with %s: no %s", part, method, missing)
+            a, b = (_read_json(f) for f in files)
+            if a is None or b is None:
+                log.warning("not compared on %s with %s: %s", part, method, files)
                 continue
-            for f, d in ds:
+            for f, d in zip(files, (a, b)):
                 if not d.get("per_utt"):
                     raise ValueError(f"{f}: no per-utterance errors to pair")
-            (_, a), (_, b) = ds
             rows.append(
                 {
                     "test_set": part,

@@ -85,7 +85,7 @@ from lhotse.cut import Cut
 from lhotse.utils import fastcopy
 
 from q4asr.data.audio import resample
-from q4asr.utils import setup_logging
+from q4asr.utils import atomic_write, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -194,10 +194,10 @@ def _seed(*parts: object) -> int:
 
 def _write_wav(path: Path, samples: np.ndarray, sampling_rate: int) -> Recording:
     """Write ``samples: (S,) float`` as a float wav (atomically); its Recording."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp.{path.name}")
-    sf.write(str(tmp), samples.astype(np.float32), sampling_rate, "FLOAT", format="WAV")
-    os.replace(tmp, path)
+    data = samples.astype(np.float32)
+    atomic_write(
+        path, lambda tmp: sf.write(tmp, data, sampling_rate, "FLOAT", format="WAV")
+    )
     return Recording.from_file(path, recording_id=path.stem)
 
 
