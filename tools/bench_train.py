@@ -4,18 +4,25 @@
 Two measurements, both on real batches of a real training manifest:
 
 - **throughput**: every variant (a training YAML, optional ``section.field=value``
-  overrides, optional ``autocast=bf16``) takes training steps exactly as q4asr-train
-  does (its own loader and batch size, SpecAugment, forward, ``(loss / N).backward()``,
-  gradient clipping, optimizer and LR-schedule step), one step of each variant per
-  round, so that load from other processes falls on all variants alike. Reported:
-  seconds of audio trained per second of wall time (batch loading included), and its
-  ratio to the first variant.
+  overrides, optional ``autocast=bf16``, optional ``procs=N``) takes training steps
+  exactly as q4asr-train does (its own loader and batch size, SpecAugment, forward,
+  ``(loss / N).backward()``, gradient clipping, optimizer and LR-schedule step), one
+  step of each variant per round, so that load from other processes falls on all
+  variants alike. Reported: seconds of audio trained per second of wall time (batch
+  loading included), and its ratio to the first variant.
+- A ``procs=N`` variant trains as ``torchrun --nproc-per-node N -m q4asr.bin.train``
+  does: N processes (gloo), each with ``--threads / N`` threads, its own share of the
+  batches (``max_duration`` per process, so N x that per step) and the gradients
+  averaged by DistributedDataParallel. Such a variant cannot share the rounds of the
+  one-process variants: it is timed on its own, after them.
 - **convergence**: two variants train from scratch, interleaved so that both have
   seen about the same seconds of audio at any time, each with its own LR schedule
   as configured (so a truncated run is the start of that config's real run). At
   every ``--eval-every`` seconds of audio seen, each is evaluated on the validation
   cuts: transducer (pruned RNN-T) and CTC loss per target token (comparable across
-  frame rates and batch sizes) and, at the end, greedy-search WER.
+  frame rates and batch sizes) and, at the end, greedy-search WER. When either is a
+  ``procs=N`` variant, the two train one after the other instead (the losses are
+  taken at the same seconds of audio all the same; the wall times are each alone).
 
   cd egs/synth/ASR   # feature paths in the cuts are relative to the recipe dir
   python ../../../tools/bench.py --train --train-cuts data/fbank/synth_cuts_train.jsonl.gz \\
@@ -36,12 +43,16 @@ import logging
 import os
 import random
 import shlex
+import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from q4asr.bin.train import LRSchedule, build_model, make_optimizer
 from q4asr.config import Config, load_config
@@ -68,10 +79,11 @@ class Variant:
     config: Config
     source: str
     autocast: str | None = None
+    procs: int = 1
 
     @classmethod
     def parse(cls, spec: str) -> Variant:
-        """``"NAME CONFIG.yaml [section.field=value ...] [autocast=bf16]"``."""
+        """``"NAME CONFIG.yaml [section.field=value ...] [autocast=bf16] [procs=N]"``."""
         words = shlex.split(spec)
         if len(words) < 2:
             raise SystemExit(
@@ -79,19 +91,28 @@ class Variant:
             )
         name, path, *rest = words
         amp = None
+        procs = 1
         overrides = []
         for w in rest:
             if w.startswith("autocast="):
                 amp = w.split("=", 1)[1]
                 if amp not in ("bf16",):
                     raise SystemExit(f"error: --variant {name}: autocast must be bf16")
+            elif w.startswith("procs="):
+                value = w.split("=", 1)[1]
+                if not value.isdigit() or int(value) < 1:
+                    raise SystemExit(
+                        f"error: --variant {name}: procs must be a positive integer, "
+                        f"got {value!r}"
+                    )
+                procs = int(value)
             else:
                 overrides.append(w)
         if not Path(path).is_file() and (REPO / path).is_file():
             path = str(REPO / path)  # configs may be named from the repository root
         if not Path(path).is_file():
             raise SystemExit(f"error: --variant {name}: {path}: no such config")
-        return cls(name, load_config(path, overrides), spec, amp)
+        return cls(name, load_config(path, overrides), spec, amp, procs)
 
     def autocast_ctx(self):
         if self.autocast == "bf16":
@@ -101,16 +122,26 @@ class Variant:
 
 class Trainer:
     """A variant's model, optimizer, schedule and batch stream, stepped one batch at
-    a time the way q4asr-train steps (float training; no plan)."""
+    a time the way q4asr-train steps (float training; no plan). In a process group
+    of ``v.procs`` processes (``rank``), the model is wrapped in
+    DistributedDataParallel and each process loads its share of the batches."""
 
-    def __init__(self, v: Variant, tokenizer: Tokenizer, train_cuts: str):
+    def __init__(
+        self, v: Variant, tokenizer: Tokenizer, train_cuts: str, rank: int = 0
+    ):
         self.v = v
+        self.rank = rank
         tc = v.config.train
         torch.manual_seed(tc.seed)
         random.seed(tc.seed)
         np.random.seed(tc.seed)
         self.model, self.model_cfg = build_model(v.config, tokenizer)
         self.model.train()
+        self.forward_model: torch.nn.Module = self.model
+        if v.procs > 1:
+            # the same initial model on every rank; SpecAugment draws per rank
+            torch.manual_seed(tc.seed + rank)
+            self.forward_model = torch.nn.parallel.DistributedDataParallel(self.model)
         self.params = sum(p.numel() for p in self.model.parameters())
         self.opt = make_optimizer(self.model, tc)
         self.sched = LRSchedule(self.opt, tc)
@@ -122,7 +153,14 @@ class Trainer:
             num_mel_bins=int(self.model_cfg["num_mel_bins"]),
             max_utterance_duration=tc.max_utterance_duration,
         )
-        self.loader = make_loader(train_cuts, tokenizer, self.spec, train=True)
+        self.loader = make_loader(
+            train_cuts,
+            tokenizer,
+            self.spec,
+            train=True,
+            world_size=v.procs,
+            rank=rank,
+        )
         self.augment = (
             SpecAugmenter(tc.spec_augment) if tc.spec_augment.enabled else None
         )
@@ -140,14 +178,15 @@ class Trainer:
             self.epoch += 1
 
     def step(self) -> float:
-        """One training step on the next batch; returns its seconds of audio."""
+        """One training step on the next batch; returns its seconds of audio (of
+        every process's batch)."""
         tc = self.v.config.train
         b = next(self.it)
         feats, lens = b["features"], b["feature_lens"]
         if self.augment is not None:
             feats = self.augment(feats, lens)
         with self.v.autocast_ctx():
-            out = self.model(
+            out = self.forward_model(
                 feats,
                 lens,
                 b["tokens"],
@@ -160,8 +199,13 @@ class Trainer:
         self.opt.step()
         self.sched.step()
         self.step_count += 1
-        self.audio_seconds += b["duration"]
-        return b["duration"]
+        duration = b["duration"]
+        if self.v.procs > 1:
+            total = torch.tensor([duration], dtype=torch.float64)
+            dist.all_reduce(total)
+            duration = float(total)
+        self.audio_seconds += duration
+        return duration
 
     @torch.no_grad()
     def evaluate(self, valid_cuts: str, tokenizer: Tokenizer, wer: bool) -> dict:
@@ -199,9 +243,30 @@ class Trainer:
         return res
 
 
+def _row(v: Variant, params: int, audio: float, secs: float, cpu: float, steps: int):
+    return {
+        "variant": v.source,
+        "params": params,
+        "max_duration": v.config.train.max_duration,
+        "procs": v.procs,
+        "steps_timed": steps,
+        "audio_seconds": round(audio, 1),
+        "wall_seconds": round(secs, 4),
+        "seconds_per_step": round(secs / steps, 3),
+        "audio_sec_per_sec": round(audio / secs, 1),
+        # CPU seconds of the variant's processes (all threads): less sensitive than
+        # wall time to other processes on a shared machine
+        "cpu_seconds": round(cpu, 2),
+        "audio_sec_per_cpu_sec": round(audio / cpu, 2),
+    }
+
+
 def throughput(variants: list[Variant], tokenizer: Tokenizer, args) -> dict:
-    """Round-robin training steps of every variant; audio seconds per second."""
-    trainers = [Trainer(v, tokenizer, args.train_cuts) for v in variants]
+    """Round-robin training steps of every one-process variant, then each ``procs=N``
+    variant on its own; audio seconds per second."""
+    trainers = [
+        Trainer(v, tokenizer, args.train_cuts) for v in variants if v.procs == 1
+    ]
     for _ in range(args.warmup_steps):
         for t in trainers:
             t.step()
@@ -222,42 +287,65 @@ def throughput(variants: list[Variant], tokenizer: Tokenizer, args) -> dict:
             args.steps,
             " ".join(f"{k}={v:.2f}s" for k, v in took.items()),
         )
-    ref = variants[0].name
-    rows = {}
-    for t in trainers:
-        name = t.v.name
-        aps = audio[name] / secs[name]
-        rows[name] = {
-            "variant": t.v.source,
-            "params": t.params,
-            "max_duration": t.v.config.train.max_duration,
-            "steps_timed": args.steps,
-            "audio_seconds": round(audio[name], 1),
-            "wall_seconds": round(secs[name], 4),
-            "seconds_per_step": round(secs[name] / args.steps, 3),
-            "audio_sec_per_sec": round(aps, 1),
-            "ratio_to_" + ref: round(aps / (audio[ref] / secs[ref]), 3),
-            # CPU seconds of this process (all threads): less sensitive than wall
-            # time to other processes on a shared machine
-            "cpu_seconds": round(cpu[name], 2),
-            "audio_sec_per_cpu_sec": round(audio[name] / cpu[name], 2),
-            "cpu_ratio_to_" + ref: round(
-                (audio[name] / cpu[name]) / (audio[ref] / cpu[ref]), 3
-            ),
-        }
+    rows = {
+        t.v.name: _row(
+            t.v, t.params, audio[t.v.name], secs[t.v.name], cpu[t.v.name], args.steps
+        )
+        for t in trainers
+    }
+    del trainers
+    for v in variants:
+        if v.procs > 1:
+            g = run_group(v, "throughput", args)
+            rows[v.name] = _row(
+                v, g["params"], g["audio"], g["wall"], g["cpu"], args.steps
+            )
+    rows = {v.name: rows[v.name] for v in variants}  # in the order given
+    ref = rows[variants[0].name]
+    for row in rows.values():
+        row["ratio_to_" + variants[0].name] = round(
+            row["audio_sec_per_sec"] / ref["audio_sec_per_sec"], 3
+        )
+        row["cpu_ratio_to_" + variants[0].name] = round(
+            row["audio_sec_per_cpu_sec"] / ref["audio_sec_per_cpu_sec"], 3
+        )
     return rows
 
 
-def convergence(a: Variant, b: Variant, tokenizer: Tokenizer, args) -> dict:
-    """Train both from scratch, interleaved by audio seen; evaluate at equal audio."""
-    trainers = [Trainer(v, tokenizer, args.train_cuts) for v in (a, b)]
+def _group_throughput(t: Trainer, args) -> dict:
+    """A ``procs=N`` variant's timed steps, in one of its processes: wall time as
+    rank 0 sees it (every step waits for the slowest process), CPU time of all."""
+    for _ in range(args.warmup_steps):
+        t.step()
+    audio = wall = 0.0
+    cpu = time.process_time()
+    for r in range(args.steps):
+        start = time.perf_counter()
+        audio += t.step()
+        wall += time.perf_counter() - start
+        log.info("throughput %s step %d/%d: %.2fs", t.v.name, r + 1, args.steps, wall)
+    total_cpu = torch.tensor([time.process_time() - cpu], dtype=torch.float64)
+    dist.all_reduce(total_cpu)
+    return {"params": t.params, "audio": audio, "wall": wall, "cpu": float(total_cpu)}
+
+
+def _marks(args) -> np.ndarray:
+    return np.arange(args.eval_every, args.audio_seconds + 1e-6, args.eval_every)
+
+
+def train_to_marks(
+    trainers: list[Trainer], tokenizer: Tokenizer, args
+) -> dict[str, list[dict]]:
+    """Train every trainer from scratch, interleaved (the one behind in audio seen
+    takes the next step), each evaluated when its audio seen passes every
+    ``--eval-every`` seconds. In a process group only rank 0 evaluates; the other
+    processes wait for it."""
     evals: dict[str, list[dict]] = {t.v.name: [] for t in trainers}
     wall = {t.v.name: 0.0 for t in trainers}
-    marks = np.arange(args.eval_every, args.audio_seconds + 1e-6, args.eval_every)
+    marks = _marks(args)
     for t in trainers:
         t.next_mark = 0
     while any(t.next_mark < len(marks) for t in trainers):
-        # the variant behind in audio seen takes the next step
         t = min(
             (t for t in trainers if t.next_mark < len(marks)),
             key=lambda t: t.audio_seconds,
@@ -267,17 +355,82 @@ def convergence(a: Variant, b: Variant, tokenizer: Tokenizer, args) -> dict:
         wall[t.v.name] += time.perf_counter() - start
         if t.audio_seconds >= marks[t.next_mark]:
             last = t.next_mark == len(marks) - 1
-            e = t.evaluate(args.valid_cuts, tokenizer, wer=last)
-            e["train_wall_seconds"] = round(wall[t.v.name], 1)
-            evals[t.v.name].append(e)
-            log.info("%s: %s", t.v.name, json.dumps(e))
+            if t.rank == 0:
+                e = t.evaluate(args.valid_cuts, tokenizer, wer=last)
+                e["train_wall_seconds"] = round(wall[t.v.name], 1)
+                evals[t.v.name].append(e)
+                log.info("%s: %s", t.v.name, json.dumps(e))
+            if t.v.procs > 1:
+                dist.barrier()
             t.next_mark += 1
+    return evals
+
+
+def convergence(a: Variant, b: Variant, tokenizer: Tokenizer, args) -> dict:
+    """Train both from scratch and evaluate them at equal audio seen: interleaved in
+    this process, or one after the other when either is a ``procs=N`` variant."""
+    together = a.procs == 1 and b.procs == 1
+    if together:
+        trainers = [Trainer(v, tokenizer, args.train_cuts) for v in (a, b)]
+        evals = train_to_marks(trainers, tokenizer, args)
+    else:
+        evals = {}
+        for v in (a, b):
+            if v.procs > 1:
+                evals[v.name] = run_group(v, "convergence", args)
+            else:
+                t = Trainer(v, tokenizer, args.train_cuts)
+                evals[v.name] = train_to_marks([t], tokenizer, args)[v.name]
     return {
         "variants": [a.name, b.name],
         "audio_seconds": args.audio_seconds,
         "eval_every": args.eval_every,
+        "interleaved": together,
         "evaluations": evals,
     }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, v: Variant, args, port: int, mode: str, out: str) -> None:
+    """One process of a ``procs=N`` variant (``mode``: throughput or convergence);
+    rank 0 writes the result to ``out`` as JSON."""
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(max(1, args.threads // v.procs))
+    dist.init_process_group("gloo", rank=rank, world_size=v.procs)
+    try:
+        tokenizer = Tokenizer(args.bpe_model)
+        t = Trainer(v, tokenizer, args.train_cuts, rank)
+        if mode == "throughput":
+            result: Any = _group_throughput(t, args)
+        else:
+            result = train_to_marks([t], tokenizer, args)[v.name]
+        if rank == 0:
+            Path(out).write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_group(v: Variant, mode: str, args) -> Any:
+    """Run a ``procs=N`` variant in N fresh processes; rank 0's result."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        mp.start_processes(
+            _rank_main,
+            args=(v, args, _free_port(), mode, str(out)),
+            nprocs=v.procs,
+            start_method="spawn",
+        )
+        return json.loads(out.read_text())
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -290,8 +443,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         "--variant",
         action="append",
         default=None,
-        help='"NAME CONFIG [section.field=value ...] [autocast=bf16]" (repeatable; '
-        "the first is the reference; default: before/after configs)",
+        help='"NAME CONFIG [section.field=value ...] [autocast=bf16] [procs=N]" '
+        "(repeatable; the first is the reference; default: before/after configs)",
     )
     g.add_argument("--steps", type=int, default=12, help="timed rounds (throughput)")
     g.add_argument("--warmup-steps", type=int, default=2, help="untimed rounds first")
@@ -362,11 +515,25 @@ def render_markdown(r: dict[str, Any]) -> str:
         )
     lines += ["", "Variants:", ""]
     lines += [f"- {name}: `{x['variant']}`" for name, x in rows.items()]
-    conv = r.get("convergence")
-    if conv:
+    if any(x.get("procs", 1) > 1 for x in rows.values()):
         lines += [
             "",
-            "Validation after the same seconds of audio (losses per target token):",
+            f"A `procs=N` variant is N DDP processes (gloo) of {r['threads']} / N "
+            "threads, each with batches of max_duration (N x that per step), timed "
+            "on its own after the rounds of the others; its CPU seconds are those of "
+            "all N processes.",
+        ]
+    conv = r.get("convergence")
+    if conv:
+        order = (
+            "interleaved in one process"
+            if conv.get("interleaved", True)
+            else "one after the other"
+        )
+        lines += [
+            "",
+            "Validation after the same seconds of audio (losses per target token; the "
+            f"two variants trained {order}):",
             "",
             "| variant | audio s seen | steps | train wall (s) | pruned RNN-T | CTC | "
             "greedy WER (%) |",

@@ -147,3 +147,83 @@ def test_bad_variant_is_a_clear_error(tiny_corpus, tmp_path):
         timeout=300,
     )
     assert p.returncode != 0 and "none.yaml: no such config" in p.stderr
+
+
+def test_ddp_variant_trains_in_two_processes(tiny_corpus, tmp_path):
+    """A procs=2 variant: two DDP processes, each with its own batches of up to
+    max_duration, so a step trains on more audio than one process's batch holds;
+    its convergence run is taken one after the reference's."""
+    cfg = tmp_path / "before.yaml"
+    cfg.write_text(yaml.safe_dump({"model": MODEL, "train": TRAIN}))
+    out = tmp_path / "train.json"
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--train",
+            "--threads",
+            "2",
+            "--train-cuts",
+            str(tiny_corpus.cuts["train"]),
+            "--valid-cuts",
+            str(tiny_corpus.cuts["dev"]),
+            "--bpe-model",
+            str(tiny_corpus.bpe_model),
+            "--variant",
+            f"one {cfg} train.num_threads=2",
+            "--variant",
+            f"ddp {cfg} procs=2",
+            "--steps",
+            "2",
+            "--warmup-steps",
+            "1",
+            "--audio-seconds",
+            "40",
+            "--eval-every",
+            "20",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads(out.read_text())
+    rows = r["throughput"]
+    assert [rows["one"]["procs"], rows["ddp"]["procs"]] == [1, 2]
+    assert rows["one"]["audio_seconds"] / 2 <= TRAIN["max_duration"]
+    assert rows["ddp"]["audio_seconds"] / 2 > TRAIN["max_duration"]
+    assert rows["ddp"]["params"] == rows["one"]["params"]
+    assert rows["ddp"]["cpu_seconds"] > 0
+    conv = r["convergence"]
+    assert conv["interleaved"] is False
+    for name, evs in conv["evaluations"].items():
+        assert [e["audio_seconds_seen"] >= m for e, m in zip(evs, (20, 40))] == [
+            True
+        ] * 2, name
+        assert "greedy_wer" in evs[-1]
+
+
+def test_bad_procs_is_a_clear_error(tiny_corpus, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"model": MODEL, "train": TRAIN}))
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--train",
+            "--train-cuts",
+            str(tiny_corpus.cuts["train"]),
+            "--bpe-model",
+            str(tiny_corpus.bpe_model),
+            "--variant",
+            f"x {cfg} procs=0",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert p.returncode != 0 and "procs must be a positive integer" in p.stderr
