@@ -117,6 +117,11 @@ class TrainConfig:
     ``eden`` (icefall's Eden factor, over steps): warm-up, then
     ``lr * ((step^2 + lr_decay_steps^2) / lr_decay_steps^2) ** -0.25``.
 
+    ``num_threads`` is the CPU threads of the whole run on a machine: several
+    training processes on one machine (``torchrun --nproc-per-node N``) share them,
+    ``num_threads // N`` each (at least one), so a config need not change with the
+    number of processes. Unset: torch's default (torchrun sets one per process).
+
     ``init_from`` is a float checkpoint whose model weights start the run (when
     there is no checkpoint to resume from): QAT fine-tuning of a float model, or
     float fine-tuning.

@@ -211,6 +211,7 @@ class Dist:
     world_size: int = 1
     rank: int = 0
     local_rank: int = 0
+    local_world_size: int = 1  # processes of this run on this machine
 
     @property
     def enabled(self) -> bool:
@@ -227,9 +228,10 @@ def init_distributed(device_kind: str) -> Dist:
         return Dist()
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
     backend = "nccl" if device_kind == "cuda" else "gloo"
     dist.init_process_group(backend=backend, world_size=world_size, rank=rank)
-    return Dist(world_size, rank, local_rank)
+    return Dist(world_size, rank, local_rank, local_world_size)
 
 
 # ------------------------------------------------------------------ metrics
@@ -431,8 +433,8 @@ def setup(args: argparse.Namespace) -> Run:
         device = torch.device("cuda", d.local_rank)
     else:
         device = torch.device("cpu")
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
+    if tc.num_threads:  # the machine's threads, shared by its processes
+        torch.set_num_threads(max(1, tc.num_threads // d.local_world_size))
     amp = amp_dtype(tc.amp, device_kind)
     # fp16 needs loss scaling against gradient underflow; bf16 has float32's range
     scaler = torch.amp.GradScaler(device_kind, enabled=amp == torch.float16)

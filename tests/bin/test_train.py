@@ -201,7 +201,12 @@ def test_resume_after_sigkill_is_bit_exact(reference, tiny_corpus, tmp_path):
 
 def test_ddp_two_processes_on_cpu(tiny_corpus, tmp_path):
     config = _config(
-        tmp_path, max_steps=4, checkpoint_every=2, valid_every=2, log_every=2
+        tmp_path,
+        max_steps=4,
+        checkpoint_every=2,
+        valid_every=2,
+        log_every=2,
+        num_threads=2,
     )
     exp = tmp_path / "exp"
     cmd = [
@@ -223,6 +228,7 @@ def test_ddp_two_processes_on_cpu(tiny_corpus, tmp_path):
         assert log.count(f"saved {exp}/checkpoint-{step}.pt") == 1
     summary = json.loads((exp / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 4
+    assert summary["num_threads"] == 1  # the config's 2 threads shared by 2 processes
     ckpt = load_checkpoint(exp / "checkpoint-4.pt")
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
     # each rank draws its own dropout/SpecAugment stream
