@@ -551,6 +551,20 @@ def render_markdown(r: dict[str, Any]) -> str:
                     f"{e['train_wall_seconds']:.0f} | {e['pruned_loss_per_token']:.3f} "
                     f"| {e['ctc_loss_per_token']:.3f} | - |"
                 )
+        # training speed over the whole convergence run (hundreds of steps, against
+        # the throughput rows' few)
+        speed = {
+            name: evs[-1]["audio_seconds_seen"] / evs[-1]["train_wall_seconds"]
+            for name, evs in conv["evaluations"].items()
+            if evs
+        }
+        if len(speed) == 2:
+            (a, sa), (b, sb) = speed.items()
+            lines += [
+                "",
+                f"Audio seconds per second over these runs: {a} {sa:.1f}, {b} {sb:.1f} "
+                f"({sb / sa:.2f} x {a}).",
+            ]
     return "\n".join(lines) + "\n"
 
 
