@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,6 +46,41 @@ TRAIN = {
     },
 }
 
+# two timed steps after one, and a convergence run evaluated at 20 and 40 s of audio
+SHORT = (
+    "--steps",
+    "2",
+    "--warmup-steps",
+    "1",
+    "--audio-seconds",
+    "40",
+    "--eval-every",
+    "20",
+)
+
+
+def bench_train(corpus, *args: str, env: dict | None = None):
+    """``tools/bench.py --train`` on the tiny corpus with ``args``."""
+    return subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--train",
+            "--train-cuts",
+            str(corpus.cuts["train"]),
+            "--valid-cuts",
+            str(corpus.cuts["dev"]),
+            "--bpe-model",
+            str(corpus.bpe_model),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        env=env,
+    )
+
 
 def test_train_section_throughput_and_convergence(tiny_corpus, tmp_path):
     before = tmp_path / "before.yaml"
@@ -60,42 +96,21 @@ def test_train_section_throughput_and_convergence(tiny_corpus, tmp_path):
     )
     out, md = tmp_path / "train.json", tmp_path / "train.md"
     md.write_text("# Benchmarks\n\nother tables\n")
-    p = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--train",
-            "--threads",
-            "1",
-            "--train-cuts",
-            str(tiny_corpus.cuts["train"]),
-            "--valid-cuts",
-            str(tiny_corpus.cuts["dev"]),
-            "--bpe-model",
-            str(tiny_corpus.bpe_model),
-            "--variant",
-            f"before {before}",
-            "--variant",
-            f"after {after}",
-            "--variant",
-            f"before_bf16 {before} autocast=bf16 train.lr=1e-3",
-            "--steps",
-            "2",
-            "--warmup-steps",
-            "1",
-            "--audio-seconds",
-            "40",
-            "--eval-every",
-            "20",
-            "--json",
-            str(out),
-            "--markdown",
-            str(md),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
+    p = bench_train(
+        tiny_corpus,
+        "--threads",
+        "1",
+        "--variant",
+        f"before {before}",
+        "--variant",
+        f"after {after}",
+        "--variant",
+        f"before_bf16 {before} autocast=bf16 train.lr=1e-3",
+        *SHORT,
+        "--json",
+        str(out),
+        "--markdown",
+        str(md),
         env=dict(os.environ, OMP_NUM_THREADS="1"),
     )
     assert p.returncode == 0, p.stderr[-3000:]
@@ -128,27 +143,6 @@ def test_train_section_throughput_and_convergence(tiny_corpus, tmp_path):
     assert text.startswith("# Benchmarks\n\nother tables\n")  # the rest is kept
 
 
-def test_bad_variant_is_a_clear_error(tiny_corpus, tmp_path):
-    p = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--train",
-            "--train-cuts",
-            str(tiny_corpus.cuts["train"]),
-            "--bpe-model",
-            str(tiny_corpus.bpe_model),
-            "--variant",
-            f"x {tmp_path}/none.yaml",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert p.returncode != 0 and "none.yaml: no such config" in p.stderr
-
-
 def test_ddp_variant_trains_in_two_processes(tiny_corpus, tmp_path):
     """A procs=2 variant: two DDP processes, each with its own batches of up to
     max_duration, so a step trains on more audio than one process's batch holds;
@@ -156,38 +150,17 @@ def test_ddp_variant_trains_in_two_processes(tiny_corpus, tmp_path):
     cfg = tmp_path / "before.yaml"
     cfg.write_text(yaml.safe_dump({"model": MODEL, "train": TRAIN}))
     out = tmp_path / "train.json"
-    p = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--train",
-            "--threads",
-            "2",
-            "--train-cuts",
-            str(tiny_corpus.cuts["train"]),
-            "--valid-cuts",
-            str(tiny_corpus.cuts["dev"]),
-            "--bpe-model",
-            str(tiny_corpus.bpe_model),
-            "--variant",
-            f"one {cfg} train.num_threads=2",
-            "--variant",
-            f"ddp {cfg} procs=2",
-            "--steps",
-            "2",
-            "--warmup-steps",
-            "1",
-            "--audio-seconds",
-            "40",
-            "--eval-every",
-            "20",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
+    p = bench_train(
+        tiny_corpus,
+        "--threads",
+        "2",
+        "--variant",
+        f"one {cfg} train.num_threads=2",
+        "--variant",
+        f"ddp {cfg} procs=2",
+        *SHORT,
+        "--json",
+        str(out),
     )
     assert p.returncode == 0, p.stderr[-3000:]
     r = json.loads(out.read_text())
@@ -206,24 +179,16 @@ def test_ddp_variant_trains_in_two_processes(tiny_corpus, tmp_path):
         assert "greedy_wer" in evs[-1]
 
 
-def test_bad_procs_is_a_clear_error(tiny_corpus, tmp_path):
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("", "none.yaml: no such config"),
+        ("procs=0", "procs must be a positive integer, got '0'"),
+    ],
+)
+def test_bad_variant_is_a_clear_error(tiny_corpus, tmp_path, extra, message):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"model": MODEL, "train": TRAIN}))
-    p = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--train",
-            "--train-cuts",
-            str(tiny_corpus.cuts["train"]),
-            "--bpe-model",
-            str(tiny_corpus.bpe_model),
-            "--variant",
-            f"x {cfg} procs=0",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert p.returncode != 0 and "procs must be a positive integer" in p.stderr
+    spec = f"x {tmp_path}/none.yaml" if not extra else f"x {cfg} {extra}"
+    p = bench_train(tiny_corpus, "--variant", spec)
+    assert p.returncode != 0 and message in p.stderr
