@@ -54,7 +54,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from q4asr.bin.train import LRSchedule, build_model, make_optimizer
+from q4asr.bin.train import LRSchedule, build_model, init_distributed, make_optimizer
 from q4asr.config import Config, load_config
 from q4asr.data.datamodule import DataSpec, SpecAugmenter, make_loader
 from q4asr.data.tokenizer import Tokenizer
@@ -329,10 +329,6 @@ def _group_throughput(t: Trainer, args) -> dict:
     return {"params": t.params, "audio": audio, "wall": wall, "cpu": float(total_cpu)}
 
 
-def _marks(args) -> np.ndarray:
-    return np.arange(args.eval_every, args.audio_seconds + 1e-6, args.eval_every)
-
-
 def train_to_marks(
     trainers: list[Trainer], tokenizer: Tokenizer, args
 ) -> dict[str, list[dict]]:
@@ -342,7 +338,7 @@ def train_to_marks(
     processes wait for it."""
     evals: dict[str, list[dict]] = {t.v.name: [] for t in trainers}
     wall = {t.v.name: 0.0 for t in trainers}
-    marks = _marks(args)
+    marks = np.arange(args.eval_every, args.audio_seconds + 1e-6, args.eval_every)
     for t in trainers:
         t.next_mark = 0
     while any(t.next_mark < len(marks) for t in trainers):
@@ -403,10 +399,17 @@ def _rank_main(rank: int, v: Variant, args, port: int, mode: str, out: str) -> N
         level=logging.INFO if rank == 0 else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(max(1, args.threads // v.procs))
-    dist.init_process_group("gloo", rank=rank, world_size=v.procs)
+    # the environment torchrun gives each process, read by q4asr-train's set-up
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(v.procs),
+        LOCAL_WORLD_SIZE=str(v.procs),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+    )
+    d = init_distributed("cpu")
+    torch.set_num_threads(d.threads_each(args.threads))
     try:
         tokenizer = Tokenizer(args.bpe_model)
         t = Trainer(v, tokenizer, args.train_cuts, rank)

@@ -313,10 +313,13 @@ def compare_decodes(
     rows = []
     for method in methods:
         for part in parts:
-            files = [Path(d) / "decode" / f"{part}-{method}.json" for d in (dir_a, dir_b)]
+            files = [
+                Path(d) / "decode" / f"{part}-{method}.json" for d in (dir_a, dir_b)
+            ]
             a, b = (_read_json(f) for f in files)
             if a is None or b is None:
-                log.warning("not compared on %s with %s: %s", part, method, files)
+                missing = [str(f) for f, d in zip(files, (a, b)) if d is None]
+                log.warning("not compared on %s with %s: no %s", part, method, missing)
                 continue
             for f, d in zip(files, (a, b)):
                 if not d.get("per_utt"):

@@ -221,6 +221,10 @@ class Dist:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def threads_each(self, threads: int) -> int:
+        """Each process's share of a machine's ``threads`` (at least one)."""
+        return max(1, threads // self.local_world_size)
+
 
 def init_distributed(device_kind: str) -> Dist:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -434,7 +438,7 @@ def setup(args: argparse.Namespace) -> Run:
     else:
         device = torch.device("cpu")
     if tc.num_threads:  # the machine's threads, shared by its processes
-        torch.set_num_threads(max(1, tc.num_threads // d.local_world_size))
+        torch.set_num_threads(d.threads_each(tc.num_threads))
     amp = amp_dtype(tc.amp, device_kind)
     # fp16 needs loss scaling against gradient underflow; bf16 has float32's range
     scaler = torch.amp.GradScaler(device_kind, enabled=amp == torch.float16)
