@@ -122,6 +122,12 @@ class TrainConfig:
     ``num_threads // N`` each (at least one), so a config need not change with the
     number of processes. Unset: torch's default (torchrun sets one per process).
 
+    ``cpu_processes``: on a machine without a CUDA GPU, ``q4asr-train`` started
+    without a launcher runs this many processes itself, as ``torchrun
+    --nproc-per-node N`` would (DDP over gloo, ``max_duration`` seconds per process
+    and step, ``num_threads`` shared). Ignored under torchrun and on a GPU, where the
+    launcher decides (one process per GPU).
+
     ``init_from`` is a float checkpoint whose model weights start the run (when
     there is no checkpoint to resume from): QAT fine-tuning of a float model, or
     float fine-tuning.
@@ -151,6 +157,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_last_checkpoints: int = 5
     num_threads: int | None = None
+    cpu_processes: int = 1
     amp: str = "auto"
     init_from: str | None = None
 
@@ -178,6 +185,7 @@ class TrainConfig:
             "checkpoint_every",
             "keep_last_checkpoints",
             "num_threads",
+            "cpu_processes",
         )
         check_positive(
             self,
@@ -195,6 +203,7 @@ class TrainConfig:
             "checkpoint_every",
             "keep_last_checkpoints",
             "num_threads",
+            "cpu_processes",
             "grad_clip",
         )
         check_positive(

@@ -10,7 +10,8 @@ Two measurements, both on real batches of a real training manifest:
   step of each variant per round, so that load from other processes falls on all
   variants alike. Reported: seconds of audio trained per second of wall time (batch
   loading included), and its ratio to the first variant.
-- A ``procs=N`` variant trains as ``torchrun --nproc-per-node N -m q4asr.bin.train``
+- A ``procs=N`` variant (by default N is the config's ``train.cpu_processes``, as for
+  q4asr-train on a CPU) trains as ``torchrun --nproc-per-node N -m q4asr.bin.train``
   does: N processes (gloo), each with ``--threads / N`` threads, its own share of the
   batches (``max_duration`` per process, so N x that per step) and the gradients
   averaged by DistributedDataParallel. Such a variant cannot share the rounds of the
@@ -43,7 +44,6 @@ import logging
 import os
 import random
 import shlex
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -52,9 +52,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from q4asr.bin.train import LRSchedule, build_model, init_distributed, make_optimizer
+from q4asr.bin.train import (
+    LRSchedule,
+    build_model,
+    init_distributed,
+    make_optimizer,
+    run_local,
+)
 from q4asr.config import Config, load_config
 from q4asr.data.datamodule import DataSpec, SpecAugmenter, make_loader
 from q4asr.data.tokenizer import Tokenizer
@@ -73,13 +78,18 @@ DEFAULT_VARIANTS = [
 
 @dataclasses.dataclass
 class Variant:
-    """One training setup: a config (with overrides) and an autocast dtype."""
+    """One training setup: a config (with overrides) and an autocast dtype. It trains
+    in ``train.cpu_processes`` processes, as q4asr-train does on a CPU; ``procs=N``
+    sets that."""
 
     name: str
     config: Config
     source: str
     autocast: str | None = None
-    procs: int = 1
+
+    @property
+    def procs(self) -> int:
+        return self.config.train.cpu_processes
 
     @classmethod
     def parse(cls, spec: str) -> Variant:
@@ -91,7 +101,6 @@ class Variant:
             )
         name, path, *rest = words
         amp = None
-        procs = 1
         overrides = []
         for w in rest:
             if w.startswith("autocast="):
@@ -105,14 +114,14 @@ class Variant:
                         f"error: --variant {name}: procs must be a positive integer, "
                         f"got {value!r}"
                     )
-                procs = int(value)
+                overrides.append(f"train.cpu_processes={value}")
             else:
                 overrides.append(w)
         if not Path(path).is_file() and (REPO / path).is_file():
             path = str(REPO / path)  # configs may be named from the repository root
         if not Path(path).is_file():
             raise SystemExit(f"error: --variant {name}: {path}: no such config")
-        return cls(name, load_config(path, overrides), spec, amp, procs)
+        return cls(name, load_config(path, overrides), spec, amp)
 
     def autocast_ctx(self):
         if self.autocast == "bf16":
@@ -386,38 +395,23 @@ def convergence(a: Variant, b: Variant, tokenizer: Tokenizer, args) -> dict:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rank_main(rank: int, v: Variant, args, port: int, mode: str, out: str) -> None:
+def _rank_main(v: Variant, args, mode: str, out: str) -> None:
     """One process of a ``procs=N`` variant (``mode``: throughput or convergence);
     rank 0 writes the result to ``out`` as JSON."""
+    d = init_distributed("cpu")
     logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
+        level=logging.INFO if d.rank == 0 else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # the environment torchrun gives each process, read by q4asr-train's set-up
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        WORLD_SIZE=str(v.procs),
-        LOCAL_WORLD_SIZE=str(v.procs),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-    )
-    d = init_distributed("cpu")
     torch.set_num_threads(d.threads_each(args.threads))
     try:
         tokenizer = Tokenizer(args.bpe_model)
-        t = Trainer(v, tokenizer, args.train_cuts, rank)
+        t = Trainer(v, tokenizer, args.train_cuts, d.rank)
         if mode == "throughput":
             result: Any = _group_throughput(t, args)
         else:
             result = train_to_marks([t], tokenizer, args)[v.name]
-        if rank == 0:
+        if d.rank == 0:
             Path(out).write_text(json.dumps(result))
     finally:
         dist.destroy_process_group()
@@ -427,12 +421,7 @@ def run_group(v: Variant, mode: str, args) -> Any:
     """Run a ``procs=N`` variant in N fresh processes; rank 0's result."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        mp.start_processes(
-            _rank_main,
-            args=(v, args, _free_port(), mode, str(out)),
-            nprocs=v.procs,
-            start_method="spawn",
-        )
+        run_local(_rank_main, v.procs, v, args, mode, str(out))
         return json.loads(out.read_text())
 
 

@@ -10,6 +10,10 @@ Usage::
 
     torchrun --nproc-per-node 2 -m q4asr.bin.train ...   # DDP (gloo on CPU)
 
+On a machine without a CUDA GPU, ``train.cpu_processes: N`` makes a plain
+``q4asr-train`` start N such processes itself (the environment torchrun would give
+them), sharing ``train.num_threads``.
+
 Writes ``exp_dir/checkpoint-<step>.pt`` every ``train.checkpoint_every`` steps
 (atomically; the newest ``train.keep_last_checkpoints`` are kept), tensorboard logs
 in ``exp_dir/tensorboard``, ``exp_dir/final.pt`` (model state, config, plan) and
@@ -33,14 +37,16 @@ import logging
 import math
 import os
 import random
+import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -236,6 +242,47 @@ def init_distributed(device_kind: str) -> Dist:
     backend = "nccl" if device_kind == "cuda" else "gloo"
     dist.init_process_group(backend=backend, world_size=world_size, rank=rank)
     return Dist(world_size, rank, local_rank, local_world_size)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _local_rank(
+    rank: int, nprocs: int, port: int, fn: Callable[..., Any], args
+) -> None:
+    # the environment torchrun gives each process, read by init_distributed
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(nprocs),
+        LOCAL_WORLD_SIZE=str(nprocs),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+    )
+    fn(*args)
+
+
+def run_local(fn: Callable[..., Any], nprocs: int, *args: Any) -> None:
+    """``fn(*args)`` in ``nprocs`` fresh processes of one process group on this
+    machine, as ``torchrun --standalone --nproc-per-node nprocs`` would start them;
+    raises ``torch.multiprocessing.ProcessException`` when one of them fails."""
+    mp.start_processes(
+        _local_rank,
+        args=(nprocs, free_port(), fn, args),
+        nprocs=nprocs,
+        start_method="spawn",
+    )
+
+
+def processes_to_start(cfg: Config) -> int:
+    """How many processes a plain ``q4asr-train`` starts: ``train.cpu_processes``
+    on a CPU-only machine, 1 under a launcher (torchrun) or with a CUDA GPU."""
+    if "WORLD_SIZE" in os.environ or torch.cuda.is_available():
+        return 1
+    return cfg.train.cpu_processes
 
 
 # ------------------------------------------------------------------ metrics
@@ -842,14 +889,39 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_parser().parse_args(argv)
-    setup_logging()
+def _train_or_exit(args: argparse.Namespace) -> None:
+    status = _train_status(args)
+    if status:
+        sys.exit(status)
+
+
+def _train_status(args: argparse.Namespace) -> int:
     try:
         train(args)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         log.error("%s", e)
         return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_parser().parse_args(argv)
+    setup_logging()
+    try:
+        nprocs = processes_to_start(build_config(args))
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        log.error("%s", e)
+        return 2
+    if nprocs == 1:
+        return _train_status(args)
+    log.info("train.cpu_processes: %d processes on this CPU", nprocs)
+    try:
+        run_local(_train_or_exit, nprocs, args)
+    except mp.ProcessExitedException as e:
+        return e.exit_code or 1
+    except mp.ProcessRaisedException as e:
+        log.error("a training process failed:\n%s", e)
+        return 1
     return 0
 
 

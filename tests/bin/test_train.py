@@ -200,6 +200,8 @@ def test_resume_after_sigkill_is_bit_exact(reference, tiny_corpus, tmp_path):
 
 
 def test_ddp_two_processes_on_cpu(tiny_corpus, tmp_path):
+    """torchrun's 2 processes, and the same 2 started by q4asr-train itself from
+    ``train.cpu_processes`` (ignored under torchrun): one run, the same weights."""
     config = _config(
         tmp_path,
         max_steps=4,
@@ -207,32 +209,47 @@ def test_ddp_two_processes_on_cpu(tiny_corpus, tmp_path):
         valid_every=2,
         log_every=2,
         num_threads=2,
+        cpu_processes=2,
     )
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    launchers = {
+        "torchrun": [*torchrun, "--nproc-per-node", "2", "-m", "q4asr.bin.train"],
+        "cpu_processes": [sys.executable, "-m", "q4asr.bin.train"],
+    }
+    for name, launcher in launchers.items():
+        exp = tmp_path / name
+        cmd = [*launcher, *_args(tiny_corpus, config, exp)]
+        out = subprocess.run(
+            cmd, env=_env(), capture_output=True, text=True, timeout=300
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        log = out.stdout + out.stderr
+        assert "[rank 1]" in log  # a second process really ran
+        for step in (2, 4):
+            assert log.count(f"saved {exp}/checkpoint-{step}.pt") == 1
+        summary = json.loads((exp / "train_summary.json").read_text())
+        assert summary["world_size"] == 2 and summary["steps"] == 4
+        assert summary["num_threads"] == 1  # the config's 2 threads shared by 2
+        ckpt = load_checkpoint(exp / "checkpoint-4.pt")
+        assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
+        # each rank draws its own dropout/SpecAugment stream
+        assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
+    ref = load_checkpoint(tmp_path / "torchrun" / "final.pt")["model"]
+    got = load_checkpoint(tmp_path / "cpu_processes" / "final.pt")["model"]
+    assert [k for k in ref if not torch.equal(ref[k], got[k])] == []
+
+
+def test_cpu_processes_failure_is_one_clear_error(tiny_corpus, tmp_path):
+    config = _config(tmp_path, max_steps=2, num_threads=2, cpu_processes=2)
     exp = tmp_path / "exp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "q4asr.bin.train",
-        *_args(tiny_corpus, config, exp),
-    ]
+    args = _args(tiny_corpus, config, exp)
+    args[args.index("--train-cuts") + 1] = str(tmp_path / "missing_cuts.jsonl.gz")
+    cmd = [sys.executable, "-m", "q4asr.bin.train", *args]
     out = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    log = out.stdout + out.stderr
-    assert "[rank 1]" in log  # a second process really ran
-    for step in (2, 4):
-        assert log.count(f"saved {exp}/checkpoint-{step}.pt") == 1
-    summary = json.loads((exp / "train_summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["steps"] == 4
-    assert summary["num_threads"] == 1  # the config's 2 threads shared by 2 processes
-    ckpt = load_checkpoint(exp / "checkpoint-4.pt")
-    assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
-    # each rank draws its own dropout/SpecAugment stream
-    assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
+    assert out.returncode == 2
+    assert "missing_cuts.jsonl.gz" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (exp / "final.pt").exists()
 
 
 def test_bad_utterances_are_skipped_and_logged(tiny_corpus, tmp_path, capfd):
