@@ -95,18 +95,33 @@ def int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # computed as a float32 matmul of the integer values: exact (every product and every
 # partial sum is an integer float32 represents, whatever the summation order), and on
 # x86 CPUs without AVX-512 VNNI far faster than torch._int_mm (docs/quantization.md,
-# "Speed notes", has the measurement and its command).
+# "Speed notes", has the measurement and its command). A longer K is cut into chunks of
+# at most _FLOAT32_EXACT_K: each chunk's float32 product is exact, and the chunks'
+# sums are added in int32.
 _INT8_MAX_PRODUCT = 127 * 127
+_FLOAT32_EXACT_K = (FLOAT32_EXACT_LIMIT - 1) // _INT8_MAX_PRODUCT  # 1040
 
 
 def int_mm_acc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """The sums of ``a @ b`` (int8 operands as :func:`int_mm`): int32, or on a CPU,
-    where ``K * 127 * 127 < 2**24`` (K <= 1040), the same integers in float32 from a
-    float matmul. :func:`rescale` takes either."""
-    if not a.is_cuda and a.shape[1] * _INT8_MAX_PRODUCT < FLOAT32_EXACT_LIMIT:
-        with torch.autocast(a.device.type, enabled=False):  # float32, never bf16
+    """The sums of ``a @ b`` (int8 operands as :func:`int_mm`). On a CPU they come
+    from float32 matmuls: for K <= 1040 (``K * 127 * 127 < 2**24``) one, returned as
+    float32 holding the integers exactly; for a longer K one per chunk of K, each
+    exact, added in int32. Elsewhere :func:`int_mm`. :func:`rescale` takes either."""
+    if a.is_cuda:
+        return int_mm(a, b)
+    K = a.shape[1]
+    with torch.autocast(a.device.type, enabled=False):  # float32, never bf16
+        if K <= _FLOAT32_EXACT_K:
             return a.float() @ b.float()
-    return int_mm(a, b)
+        chunks = -(-K // _FLOAT32_EXACT_K)
+        step = -(-K // chunks)
+        acc = None
+        for k0 in range(0, K, step):
+            part = (a[:, k0 : k0 + step].float() @ b[k0 : k0 + step].float()).to(
+                torch.int32
+            )
+            acc = part if acc is None else acc.add_(part)
+        return acc
 
 
 def rescale(acc: torch.Tensor, sx: torch.Tensor, sw: torch.Tensor) -> torch.Tensor:

@@ -46,6 +46,21 @@ def test_int_mm_acc_is_exact_at_the_float32_bound(K):
     assert int(ref.abs().max()) == K * 127 * 127
 
 
+@pytest.mark.parametrize("shape", [(50, 1216, 144), (7, 2048, 33), (3, 3121, 2)])
+def test_int_mm_acc_past_the_bound_equals_int_mm(shape):
+    """Past K = 1040 the CPU path adds exact float32 products of chunks of K in int32:
+    the same sums as torch._int_mm, also where they pass 2**24."""
+    M, K, N = shape
+    g = torch.Generator().manual_seed(K)
+    a = torch.randint(-127, 128, (M, K), dtype=torch.int8, generator=g)
+    w = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g)
+    a[0], w[0] = 127, 127  # one sum at the largest value
+    acc = int_mm_acc(a, w.t())
+    assert acc.dtype == torch.int32
+    assert torch.equal(acc, int_mm(a, w.t()))
+    assert int(acc[0, 0]) == K * 127 * 127 > 2**24
+
+
 # Shapes the models produce: frames x d_model, the Conv2d front-end's K of 9 and 16,
 # odd vocabularies, a single row, and shapes that need no padding at all.
 CUDA_SHAPES = [
