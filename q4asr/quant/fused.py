@@ -33,10 +33,6 @@ import torch
 
 log = logging.getLogger(__name__)
 
-# 1.5 * 2**23: adding and subtracting it rounds a float32 |v| < 2**22 to an integer,
-# ties to even.
-_ROUND_MAGIC = 12582912.0
-
 _state: dict = {"enabled": os.environ.get("Q4ASR_FUSED", "1") != "0", "error": None}
 
 
@@ -138,7 +134,9 @@ def _build_kernels():
             x = tl.load(x_row + rk, mask=rk < K, other=0.0).to(tl.float32)
             r = tl.math.div_rn(x, s)
             r = tl.minimum(tl.maximum(r, -QMAX - 1.0), QMAX + 1.0)
-            r = (r + _ROUND_MAGIC) - _ROUND_MAGIC
+            # + and - 1.5 * 2**23 round a float32 |r| < 2**22 to an integer, ties to
+            # even (a literal: a jit kernel reads only constexpr globals)
+            r = (r + 12582912.0) - 12582912.0
             r = tl.minimum(tl.maximum(r, -QMAX * 1.0), QMAX * 1.0)
             tl.store(q_ptr + row * K + rk, r.to(tl.int8), mask=rk < K)
 
