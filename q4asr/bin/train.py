@@ -889,6 +889,10 @@ def train(args: argparse.Namespace) -> dict[str, Any] | None:
     return summary
 
 
+# what bad input raises: a one-line error and exit status 2, no traceback
+BAD_INPUT = (ConfigError, FileNotFoundError, ValueError)
+
+
 def _train_or_exit(args: argparse.Namespace) -> None:
     status = _train_status(args)
     if status:
@@ -898,7 +902,7 @@ def _train_or_exit(args: argparse.Namespace) -> None:
 def _train_status(args: argparse.Namespace) -> int:
     try:
         train(args)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except BAD_INPUT as e:
         log.error("%s", e)
         return 2
     return 0
@@ -909,7 +913,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         nprocs = processes_to_start(build_config(args))
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except BAD_INPUT as e:
         log.error("%s", e)
         return 2
     if nprocs == 1:
