@@ -6,8 +6,8 @@ On a machine with internet (PyPI), gather what an offline GPU machine lacks::
 
     python tools/gpu_check.py prepare --dir .gpu
 
-(py3.12 wheels of lhotse, jiwer and their binary needs, the fast_rnnt and pybind11
-sdists, and a LibriSpeech-layout fixture corpus spoken by espeak-ng). Then on the
+(py3.12 wheels of lhotse, jiwer, sherpa-onnx and their binary needs, the fast_rnnt
+and pybind11 sdists, and a LibriSpeech-layout fixture corpus spoken by espeak-ng). Then on the
 GPU machine, from the repository root, with that directory beside it::
 
     python3 tools/gpu_check.py run --carry .gpu --out OUT
@@ -83,6 +83,8 @@ WHEELS = [
     "soundfile==0.14.0",
     "cffi==2.1.1",
     "pycparser==3.12",
+    "sherpa-onnx==2.0.1",  # the recipe's last stage transcribes with sherpa-onnx
+    "sherpa-onnx-core==2.0.1",
 ]
 WHEEL_PLATFORMS = [
     "manylinux_2_28_x86_64",

@@ -126,3 +126,27 @@ def test_markdown_section_is_replaced_in_place(tmp_path):
     assert second.count("<!-- gpu_check: begin -->") == 1
     assert "H100 80GB" in second and "NVIDIA H200" not in second
     assert second.endswith("\nAfter.\n")
+
+
+def test_carried_wheels_are_pinned_as_in_setup_cfg():
+    """The wheels carried to the GPU machine are the versions q4asr installs here."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    pins = {}
+    for text in [
+        cfg["options"]["install_requires"],
+        *cfg["options.extras_require"].values(),
+    ]:
+        for line in text.split("\n"):
+            if "==" in line:
+                name, version = line.strip().split("==")
+                pins[name.lower().replace("_", "-")] = version
+    carried = dict(spec.split("==") for spec in _load().WHEELS)
+    assert "sherpa-onnx" in carried and "lhotse" in carried
+    for name, version in carried.items():
+        if name in pins:
+            assert version == pins[name], (
+                f"{name}: carried {version}, setup.cfg {pins[name]}"
+            )
