@@ -35,6 +35,11 @@ class ModelConfig:
     ffn_dim: int = 576
     conv_kernel: int = 15
     dropout: float = 0.1
+    # layers half_rate_first ... half_rate_first + half_rate_layers - 1 run at half the
+    # encoder's frame rate (pairs of frames averaged, then repeated and added to the
+    # input of the first of them); 0 layers: every layer at the full rate
+    half_rate_first: int = 1
+    half_rate_layers: int = 0
     # prediction network and joiner
     vocab_size: int = 256
     blank_id: int = 0
@@ -71,6 +76,8 @@ class ModelConfig:
             "blank_id",
             "prune_range",
             "subsampling_first_channels",
+            "half_rate_first",
+            "half_rate_layers",
             optional=False,
         )
         check_positive(self, w, *positive)
@@ -119,6 +126,16 @@ class ModelConfig:
             f"must be >= 2, got {self.prune_range}",
         )
         check_fraction(self, w, "simple_loss_scale")
+        require(
+            self.half_rate_first >= 0
+            and self.half_rate_layers >= 0
+            and self.half_rate_first + self.half_rate_layers <= self.num_layers,
+            f"{w}.half_rate_layers",
+            f"layers {self.half_rate_first} to "
+            f"{self.half_rate_first + self.half_rate_layers - 1} at half rate: expected "
+            f"0 <= model.half_rate_first and first + count <= model.num_layers "
+            f"({self.num_layers})",
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:

@@ -52,6 +52,29 @@ def make_pad_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     return idx.unsqueeze(0) >= lengths.unsqueeze(1)
 
 
+def halve_rate(
+    x: torch.Tensor, lengths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average pairs of frames: (N, T, D), (N,) int64 -> (N, ceil(T/2), D), (N,) int64.
+
+    An output frame is the mean of the valid frames of its pair, so the last frame of
+    an odd length is that frame alone and padding never enters a valid output frame.
+    """
+    n, t, d = x.shape
+    t2 = int((t + 1) // 2)
+    valid = (~make_pad_mask(lengths, t)).to(x.dtype).unsqueeze(-1)  # (N, T, 1)
+    pad = (0, 0, 0, 1)  # one zero frame at the end: 2 * t2 frames to pair
+    sums = nn.functional.pad(x * valid, pad)[:, : 2 * t2].reshape(n, t2, 2, d).sum(2)
+    count = nn.functional.pad(valid, pad)[:, : 2 * t2].reshape(n, t2, 2, 1).sum(2)
+    return sums / count.clamp(min=1.0), (lengths + 1) // 2
+
+
+def double_rate(x: torch.Tensor, t: int) -> torch.Tensor:
+    """Repeat every frame twice and keep the first t: (N, T2, D) -> (N, t, D)."""
+    n, t2, d = x.shape
+    return x.unsqueeze(2).expand(n, t2, 2, d).reshape(n, 2 * t2, d)[:, :t]
+
+
 class Conv2dSubsampling(nn.Module):
     """x4 subsampling: two 3x3 stride-2 Conv2d + ReLU, then Linear to d_model.
 
@@ -268,7 +291,13 @@ class ConformerLayer(nn.Module):
 
 
 class ConformerEncoder(nn.Module):
-    """Conv2d subsampling (x4) + relative positional encoding + Conformer layers."""
+    """Conv2d subsampling (x4) + relative positional encoding + Conformer layers.
+
+    With ``half_rate_layers`` > 0 a run of middle layers sees half as many frames
+    (:func:`halve_rate`); after it each frame is repeated twice and added to the
+    run's input (:func:`double_rate`), as in Squeezeformer's temporal U-Net, so the
+    output keeps the x4 frame rate. No parameters are added.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -284,6 +313,9 @@ class ConformerEncoder(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(ConformerLayer(cfg) for _ in range(cfg.num_layers))
         self.norm_out = nn.LayerNorm(cfg.d_model)
+        self.half_rate = range(
+            cfg.half_rate_first, cfg.half_rate_first + cfg.half_rate_layers
+        )
 
     def forward(
         self, feats: torch.Tensor, feat_lens: torch.Tensor
@@ -300,6 +332,17 @@ class ConformerEncoder(nn.Module):
         pad_mask = make_pad_mask(out_lens, t)
         pos_emb = self.pos_enc(x)
         x = self.dropout(x)
-        for layer in self.layers:
+        full = (pos_emb, pad_mask)
+        for i, layer in enumerate(self.layers):
+            if self.half_rate and i == self.half_rate.start:
+                skip = x
+                x, half_lens = halve_rate(x, out_lens)
+                pos_emb = self.pos_enc(x)
+                pad_mask = make_pad_mask(half_lens, x.shape[1])
+            if self.half_rate and i == self.half_rate.stop:
+                x = skip + double_rate(x, t)
+                pos_emb, pad_mask = full
             x = layer(x, pos_emb, pad_mask)
+        if self.half_rate and self.half_rate.stop == len(self.layers):
+            x = skip + double_rate(x, t)
         return self.norm_out(x), out_lens

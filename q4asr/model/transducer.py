@@ -126,8 +126,9 @@ def normalize_features(feats: torch.Tensor, feat_lens: torch.Tensor) -> torch.Te
     Stateless, so training, decoding and exported models normalise identically.
     """
     assert feats.ndim == 3 and feat_lens.shape == (feats.shape[0],), feats.shape
-    valid = (torch.arange(feats.shape[1], device=feats.device)[None, :]
-             < feat_lens[:, None]).unsqueeze(-1)  # (N, T, 1)
+    valid = (
+        torch.arange(feats.shape[1], device=feats.device)[None, :] < feat_lens[:, None]
+    ).unsqueeze(-1)  # (N, T, 1)
     count = feat_lens.clamp(min=1).to(feats.dtype)[:, None, None]
     x = feats.masked_fill(~valid, 0.0)
     mean = x.sum(1, keepdim=True) / count

@@ -188,3 +188,28 @@ def test_round_half_to_even_as_q4asr(tmp_path):
         want = mod(x)
     got = run_onnx(onnx_module(mod), x, x, {0: "a", 1: "b"}, tmp_path / "r.onnx")
     np.testing.assert_array_equal(got, want.numpy())
+
+
+def test_half_rate_encoder_traces_length_generic(tmp_path):
+    """Middle layers at half the frame rate: traced on one batch, the ONNX encoder
+    gives q4asr's outputs on a batch of other lengths, odd and even."""
+    from q4asr.export.onnx_graph import EncoderForOnnx, traceable_model
+    from q4asr.model import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.tiny(num_layers=3, half_rate_first=1, half_rate_layers=1)
+    enc = EncoderForOnnx(build_model(cfg).eval())
+    x, lens = torch.randn(2, 120, cfg.num_mel_bins), torch.tensor([120, 97])
+    dyn = {"x": {0: "n", 1: "t"}, "x_lens": {0: "n"}, "y": {0: "n", 1: "u"}}
+    with traceable_model():
+        _export(enc, (x, lens), tmp_path / "e.onnx", ["x", "x_lens"], ["y", "n"], dyn)
+    sess = ort.InferenceSession(
+        str(tmp_path / "e.onnx"), providers=["CPUExecutionProvider"]
+    )
+    x2, lens2 = torch.randn(3, 151, cfg.num_mel_bins), torch.tensor([151, 130, 61])
+    y, y_lens = sess.run(None, {"x": x2.numpy(), "x_lens": lens2.numpy()})
+    with torch.no_grad():
+        ref, ref_lens = enc(x2, lens2)
+    assert y_lens.tolist() == ref_lens.tolist() == [37, 31, 14]
+    for i, n in enumerate(ref_lens.tolist()):
+        np.testing.assert_allclose(y[i, :n], ref[i, :n].numpy(), atol=1e-4, rtol=1e-4)

@@ -12,6 +12,8 @@ from q4asr.model.conformer import (
     FeedForward,
     RelPositionalEncoding,
     RelPositionMultiHeadedAttention,
+    double_rate,
+    halve_rate,
     rel_shift,
     subsampled_lengths,
 )
@@ -232,3 +234,54 @@ def test_light_front_end():
     torch.testing.assert_close(enc_b[0, : lens[0]], enc[0], atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="subsampling_first_channels"):
         ModelConfig.tiny(subsampling_first_channels=-1)
+
+
+def test_halve_and_double_rate():
+    x = torch.arange(1.0, 8.0).view(1, 7, 1).repeat(2, 1, 3)  # frames 1 ... 7
+    x[1, 5:] = 1000.0  # padding of the second utterance (5 frames)
+    half, lens = halve_rate(x, torch.tensor([7, 5]))
+    assert lens.tolist() == [4, 3] and half.shape == (2, 4, 3)
+    assert half[0, :, 0].tolist() == [1.5, 3.5, 5.5, 7.0]  # the odd last frame alone
+    assert half[1, :3, 0].tolist() == [1.5, 3.5, 5.0]  # padding never averaged in
+    up = double_rate(half, 7)
+    assert up.shape == (2, 7, 3)
+    assert up[0, :, 0].tolist() == [1.5, 1.5, 3.5, 3.5, 5.5, 5.5, 7.0]
+
+
+@pytest.mark.parametrize("first,count", [(1, 1), (0, 2), (1, 2)])
+def test_half_rate_layers_keep_lengths_and_padding_independence(first, count):
+    torch.manual_seed(0)
+    cfg = ModelConfig.tiny(num_layers=3, half_rate_first=first, half_rate_layers=count)
+    model = build_model(cfg).train()
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        p.numel() for p in build_model(ModelConfig.tiny(num_layers=3)).parameters()
+    )
+    for n in (58, 62):  # an odd and an even number of encoder frames
+        feats = torch.randn(1, n, cfg.num_mel_bins)
+        enc, lens = model.encode(feats, torch.tensor([n]))
+        assert enc.shape[1] == lens[0] == int(subsampled_lengths(torch.tensor([n]))[0])
+        batch = 50 * torch.randn(2, 90, cfg.num_mel_bins)
+        batch[0, :n] = feats[0]
+        enc_b, lens_b = model.encode(batch, torch.tensor([n, 90]))
+        assert lens_b[0] == lens[0]
+        torch.testing.assert_close(enc_b[0, : lens[0]], enc[0], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="half_rate_layers"):
+        ModelConfig.tiny(num_layers=3, half_rate_first=2, half_rate_layers=2)
+    with pytest.raises(ValueError, match="half_rate_first"):
+        ModelConfig.tiny(half_rate_first=-1, half_rate_layers=1)
+
+
+def test_half_rate_integer_model_equals_its_qat_model():
+    from q4asr.quant import Precision, PrecisionPlan, convert, prepare, set_quant_mode
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.tiny(num_layers=3, half_rate_first=1, half_rate_layers=2)
+    qat = build_model(cfg)
+    prepare(qat, PrecisionPlan(default=Precision(weight_bits=4, act_bits=8)))
+    set_quant_mode(qat, True)
+    qat.eval()
+    feats, lens = torch.randn(2, 71, cfg.num_mel_bins), torch.tensor([71, 58])
+    with torch.no_grad():
+        want, want_lens = qat.encode(feats, lens)
+        got, got_lens = convert(qat).encode(feats, lens)
+    assert torch.equal(got_lens, want_lens) and torch.equal(got, want)
