@@ -91,23 +91,34 @@ def int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return acc if acc.shape == (M, N) else acc[:M, :N]
 
 
-# On a CPU an int8 product whose every partial sum stays below 2**24 in magnitude is
-# computed as a float32 matmul of the integer values: exact (every product and every
-# partial sum is an integer float32 represents, whatever the summation order), and on
-# x86 CPUs without AVX-512 VNNI far faster than torch._int_mm (docs/quantization.md,
-# "Speed notes", has the measurement and its command). A longer K is cut into chunks of
-# at most _FLOAT32_EXACT_K: each chunk's float32 product is exact, and the chunks'
-# sums are added in int32.
+# On a CPU an int8 product whose every partial sum stays below 2**24 in magnitude can
+# be computed as a float32 matmul of the integer values: exact (every product and every
+# partial sum is an integer float32 represents, whatever the summation order). On x86
+# CPUs without AMX that is far faster than torch._int_mm; on CPUs with AMX (int8
+# tiles) torch._int_mm is the faster one, by 2-11x (docs/quantization.md, "Speed
+# notes", has both measurements and their commands). ``CPU_INT8_PATH`` is the choice
+# made for this CPU when q4asr is imported. On the float32 path a longer K is cut into
+# chunks of at most _FLOAT32_EXACT_K: each chunk's float32 product is exact, and the
+# chunks' sums are added in int32. Either path gives the same integers.
 _INT8_MAX_PRODUCT = 127 * 127
 _FLOAT32_EXACT_K = (FLOAT32_EXACT_LIMIT - 1) // _INT8_MAX_PRODUCT  # 1040
 
 
+def _cpu_has_amx() -> bool:
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe and probe())
+
+
+CPU_INT8_PATH = "int_mm" if _cpu_has_amx() else "float32"
+
+
 def int_mm_acc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """The sums of ``a @ b`` (int8 operands as :func:`int_mm`). On a CPU they come
-    from float32 matmuls: for K <= 1040 (``K * 127 * 127 < 2**24``) one, returned as
-    float32 holding the integers exactly; for a longer K one per chunk of K, each
-    exact, added in int32. Elsewhere :func:`int_mm`. :func:`rescale` takes either."""
-    if a.is_cuda:
+    """The sums of ``a @ b`` (int8 operands as :func:`int_mm`). On a CPU whose
+    ``CPU_INT8_PATH`` is ``float32`` they come from float32 matmuls: for K <= 1040
+    (``K * 127 * 127 < 2**24``) one, returned as float32 holding the integers
+    exactly; for a longer K one per chunk of K, each exact, added in int32.
+    Elsewhere :func:`int_mm` (int32). :func:`rescale` takes either."""
+    if a.is_cuda or CPU_INT8_PATH == "int_mm":
         return int_mm(a, b)
     K = a.shape[1]
     with torch.autocast(a.device.type, enabled=False):  # float32, never bf16

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from q4asr.quant import kernels
 from q4asr.quant.kernels import (
     CUDA_MIN_M,
     CUDA_MULTIPLE,
@@ -30,8 +31,27 @@ def test_int_mm_equals_float64_reference(shape):
     assert torch.equal(acc.double(), ref)
 
 
+@pytest.fixture
+def float32_path(monkeypatch):
+    """The CPU's float32 path of int_mm_acc, whichever this CPU would choose."""
+    monkeypatch.setattr(kernels, "CPU_INT8_PATH", "float32")
+
+
+@pytest.mark.parametrize("path", ["float32", "int_mm"])
+def test_int_mm_acc_paths_give_the_same_sums(path, monkeypatch):
+    monkeypatch.setattr(kernels, "CPU_INT8_PATH", path)
+    g = torch.Generator().manual_seed(0)
+    for M, K, N in [(1, 9, 8), (37, 144, 576), (5, 1216, 13)]:
+        a = torch.randint(-127, 128, (M, K), dtype=torch.int8, generator=g)
+        w = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g)
+        acc = int_mm_acc(a, w.t())
+        want = torch.float32 if path == "float32" and K <= 1040 else torch.int32
+        assert acc.dtype == want
+        assert torch.equal(acc.double(), a.double() @ w.double().t())
+
+
 @pytest.mark.parametrize("K", [1, 144, 1040, 1041, 2048])
-def test_int_mm_acc_is_exact_at_the_float32_bound(K):
+def test_int_mm_acc_is_exact_at_the_float32_bound(K, float32_path):
     """The float32 matmul path (K <= 1040 on a CPU) gives the int32 sums exactly,
     at the largest sums int8 operands can make; past the bound int32 is used."""
     a = torch.full((6, K), 127, dtype=torch.int8)
@@ -47,7 +67,7 @@ def test_int_mm_acc_is_exact_at_the_float32_bound(K):
 
 
 @pytest.mark.parametrize("shape", [(50, 1216, 144), (7, 2048, 33), (3, 3121, 2)])
-def test_int_mm_acc_past_the_bound_equals_int_mm(shape):
+def test_int_mm_acc_past_the_bound_equals_int_mm(shape, float32_path):
     """Past K = 1040 the CPU path adds exact float32 products of chunks of K in int32:
     the same sums as torch._int_mm, also where they pass 2**24."""
     M, K, N = shape
