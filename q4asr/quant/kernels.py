@@ -95,7 +95,7 @@ def int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # be computed as a float32 matmul of the integer values: exact (every product and every
 # partial sum is an integer float32 represents, whatever the summation order). On x86
 # CPUs without AMX that is far faster than torch._int_mm; on CPUs with AMX (int8
-# tiles) torch._int_mm is the faster one, by 2-11x (docs/quantization.md, "Speed
+# tiles) torch._int_mm is the faster one, by 1.3-12x (docs/quantization.md, "Speed
 # notes", has both measurements and their commands). ``CPU_INT8_PATH`` is the choice
 # made for this CPU when q4asr is imported. On the float32 path a longer K is cut into
 # chunks of at most _FLOAT32_EXACT_K: each chunk's float32 product is exact, and the
