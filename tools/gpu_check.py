@@ -7,8 +7,8 @@ On a machine with internet (PyPI), gather what an offline GPU machine lacks::
     python tools/gpu_check.py prepare --dir .gpu
 
 (py3.12 wheels of lhotse, jiwer, sherpa-onnx and their binary needs, the fast_rnnt
-and pybind11 sdists, and a LibriSpeech-layout fixture corpus spoken by espeak-ng). Then on the
-GPU machine, from the repository root, with that directory beside it::
+and pybind11 sdists, and a LibriSpeech-layout fixture corpus spoken by espeak-ng).
+Then on the GPU machine, from the repository root, with that directory beside it::
 
     python3 tools/gpu_check.py run --carry .gpu --out OUT
 

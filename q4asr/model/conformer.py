@@ -339,10 +339,8 @@ class ConformerEncoder(nn.Module):
                 x, half_lens = halve_rate(x, out_lens)
                 pos_emb = self.pos_enc(x)
                 pad_mask = make_pad_mask(half_lens, x.shape[1])
-            if self.half_rate and i == self.half_rate.stop:
+            x = layer(x, pos_emb, pad_mask)
+            if self.half_rate and i == self.half_rate.stop - 1:
                 x = skip + double_rate(x, t)
                 pos_emb, pad_mask = full
-            x = layer(x, pos_emb, pad_mask)
-        if self.half_rate and self.half_rate.stop == len(self.layers):
-            x = skip + double_rate(x, t)
         return self.norm_out(x), out_lens
