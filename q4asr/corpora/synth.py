@@ -374,7 +374,8 @@ def _sox_finish(raw: Path, spec: UttSpec) -> None:
     if spec.engine != "espeak" and abs(spec.pitch) >= 1:
         effects += ["pitch", f"{spec.pitch:.0f}"]
     effects += ["rate", str(SAMPLE_RATE), "norm", f"-{spec.peak_db}"]
-    cmd = ["sox", "-V1", str(raw), "-c", "1", "-b", "16", str(tmp), *effects]
+    # -R: dither (to 16 bits) from a fixed seed, so the same spec gives the same audio
+    cmd = ["sox", "-V1", "-R", str(raw), "-c", "1", "-b", "16", str(tmp), *effects]
     subprocess.run(cmd, check=True, capture_output=True, timeout=60)
     if not _audio_ok(tmp) or sf.info(str(tmp)).duration < 0.1:
         tmp.unlink(missing_ok=True)
