@@ -59,6 +59,7 @@ from q4asr.bin.train import (
     init_distributed,
     make_optimizer,
     run_local,
+    wrap_ddp,
 )
 from q4asr.config import Config, load_config
 from q4asr.data.datamodule import DataSpec, SpecAugmenter, make_loader
@@ -150,7 +151,7 @@ class Trainer:
         if v.procs > 1:
             # the same initial model on every rank; SpecAugment draws per rank
             torch.manual_seed(tc.seed + rank)
-            self.forward_model = torch.nn.parallel.DistributedDataParallel(self.model)
+            self.forward_model = wrap_ddp(self.model, torch.device("cpu"))
         self.params = sum(p.numel() for p in self.model.parameters())
         self.opt = make_optimizer(self.model, tc)
         self.sched = LRSchedule(self.opt, tc)
