@@ -224,13 +224,14 @@ class Trainer:
         self.model.eval()
         spec = dataclasses.replace(self.spec, max_duration=200.0)
         loader = make_loader(valid_cuts, tokenizer, spec, train=False).loader
-        tot = {"pruned": 0.0, "simple": 0.0, "ctc": 0.0, "tokens": 0}
+        tot = {"loss": 0.0, "pruned": 0.0, "simple": 0.0, "ctc": 0.0, "tokens": 0}
         refs: list[str] = []
         hyps: list[str] = []
         for b in loader:
             if not b["features"].shape[0]:
                 continue
             out = self.model(b["features"], b["feature_lens"], b["tokens"], warmup=1.0)
+            tot["loss"] += float(out["loss"])
             tot["pruned"] += float(out["pruned_loss"])
             tot["simple"] += float(out["simple_loss"])
             tot["ctc"] += float(out["ctc_loss"])
@@ -244,6 +245,7 @@ class Trainer:
         res = {
             "audio_seconds_seen": round(self.audio_seconds, 1),
             "steps": self.step_count,
+            "loss_per_token": round(tot["loss"] / n, 4),
             "pruned_loss_per_token": round(tot["pruned"] / n, 4),
             "simple_loss_per_token": round(tot["simple"] / n, 4),
             "ctc_loss_per_token": round(tot["ctc"] / n, 4),
@@ -528,22 +530,27 @@ def render_markdown(r: dict[str, Any]) -> str:
             "Validation after the same seconds of audio (losses per target token; the "
             f"two variants trained {order}):",
             "",
-            "| variant | audio s seen | steps | train wall (s) | pruned RNN-T | CTC | "
-            "greedy WER (%) |",
-            "|---|---|---|---|---|---|---|",
+            "| variant | audio s seen | steps | train wall (s) | loss | pruned RNN-T | "
+            "CTC | greedy WER (%) |",
+            "|---|---|---|---|---|---|---|---|",
         ]
+
+        def cell(e: dict, key: str, fmt: str) -> str:
+            return format(e[key], fmt) if key in e else "-"
+
         for name, evs in conv["evaluations"].items():
-            for e in evs:
-                lines.append(
-                    f"| {name} | {e['audio_seconds_seen']:.0f} | {e['steps']} | "
-                    f"{e['train_wall_seconds']:.0f} | {e['pruned_loss_per_token']:.3f} "
-                    f"| {e['ctc_loss_per_token']:.3f} | "
-                    f"{e['greedy_wer']:.2f} |"
-                    if "greedy_wer" in e
-                    else f"| {name} | {e['audio_seconds_seen']:.0f} | {e['steps']} | "
-                    f"{e['train_wall_seconds']:.0f} | {e['pruned_loss_per_token']:.3f} "
-                    f"| {e['ctc_loss_per_token']:.3f} | - |"
-                )
+            lines += [
+                f"| {name} | {e['audio_seconds_seen']:.0f} | {e['steps']} | "
+                f"{e['train_wall_seconds']:.0f} | {cell(e, 'loss_per_token', '.3f')} | "
+                f"{e['pruned_loss_per_token']:.3f} | {e['ctc_loss_per_token']:.3f} | "
+                f"{cell(e, 'greedy_wer', '.2f')} |"
+                for e in evs
+            ]
+        lines += [
+            "",
+            "loss: the validation objective, as training weighs it at the end of its "
+            "warm-up (simple_loss_scale x simple + pruned + ctc_weight x CTC).",
+        ]
         # training speed over the whole convergence run (hundreds of steps, against
         # the throughput rows' few)
         speed = {

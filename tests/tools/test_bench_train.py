@@ -137,9 +137,16 @@ def test_train_section_throughput_and_convergence(tiny_corpus, tmp_path):
         assert all(
             e["pruned_loss_per_token"] > 0 and e["ctc_loss_per_token"] > 0 for e in evs
         )
+        for e in evs:  # the objective: 0.5 x simple + pruned + ctc_weight x CTC
+            parts = (
+                0.5 * e["simple_loss_per_token"]
+                + e["pruned_loss_per_token"]
+                + MODEL["ctc_weight"] * e["ctc_loss_per_token"]
+            )
+            assert e["loss_per_token"] == pytest.approx(parts, abs=2e-4)
         assert "greedy_wer" in evs[-1] and "greedy_wer" not in evs[0]
     text = md.read_text()
-    assert "| after |" in text and "greedy WER" in text
+    assert "| after |" in text and "greedy WER" in text and "| loss |" in text
     assert text.startswith("# Benchmarks\n\nother tables\n")  # the rest is kept
 
 
