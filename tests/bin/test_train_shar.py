@@ -91,11 +91,25 @@ def _kill_all(pid: int) -> None:
     os.killpg(pid, signal.SIGKILL)
 
 
+def _run(setup, exp: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """A whole torchrun run; on a timeout every rank is killed too (they run in
+    process groups of their own, which killing torchrun alone would leave behind)."""
+    proc = subprocess.Popen(_cmd(setup, exp), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_all(proc.pid)
+        out, err = proc.communicate()
+        pytest.fail(f"torchrun ran past {timeout:.0f} s: {err[-3000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 @pytest.mark.slow
 def test_killed_ddp_run_resumes_from_the_shar_position(setup, tmp_path):
     ref_exp = tmp_path / "ref"
-    done = subprocess.run(_cmd(setup, ref_exp), env=_env(), capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    done = _run(setup, ref_exp)
     assert done.returncode == 0, done.stderr[-3000:]
     ref = _trace(done.stderr)
     assert set(ref) == {0, 1}
@@ -141,8 +155,7 @@ def test_killed_ddp_run_resumes_from_the_shar_position(setup, tmp_path):
     for r in (0, 1):  # the killed run took the same batches as far as it got
         assert killed[r] == ref[r][: len(killed[r])]
 
-    resumed = subprocess.run(_cmd(setup, exp), env=_env(), capture_output=True,
-                             text=True, timeout=600)  # fmt: skip
+    resumed = _run(setup, exp)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {killed_at}" in resumed.stderr
     assert "Shar stream resumes in epoch" in resumed.stderr
