@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from q4asr.model.config import ModelConfig
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tools" / "bench.py"
 
@@ -137,9 +139,9 @@ def test_train_section_throughput_and_convergence(tiny_corpus, tmp_path):
         assert all(
             e["pruned_loss_per_token"] > 0 and e["ctc_loss_per_token"] > 0 for e in evs
         )
-        for e in evs:  # the objective: 0.5 x simple + pruned + ctc_weight x CTC
+        for e in evs:  # the objective: simple_loss_scale x simple + pruned + ctc x CTC
             parts = (
-                0.5 * e["simple_loss_per_token"]
+                ModelConfig.simple_loss_scale * e["simple_loss_per_token"]
                 + e["pruned_loss_per_token"]
                 + MODEL["ctc_weight"] * e["ctc_loss_per_token"]
             )
