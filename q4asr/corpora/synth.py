@@ -2,7 +2,8 @@
 
 Sentences come from :mod:`q4asr.corpora.text` (WordNet examples, vocabulary-capped) and
 are split by *sentence*: no test sentence is in train or dev, no dev sentence in
-train. Each utterance is spoken by one voice of espeak-ng, flite or festival with a
+train. ``--num-train-glosses N`` adds N train utterances of WordNet definitions made
+of the same words (none of them a sentence of any split). Each utterance is spoken by one voice of espeak-ng, flite or festival with a
 speaker-level speed/pitch variation plus a small per-utterance jitter, then
 resampled to 16 kHz mono 16-bit with sox and peak-normalised to a random level.
 
@@ -27,7 +28,7 @@ Usage::
 
     python -m q4asr.corpora.synth --out-dir data/synth --num-train 12000 \\
         --num-dev 300 --num-test 300 --seed 1 --nj 2 [--vocab-size 3000] \\
-        [--heldout-engine festival]
+        [--num-train-glosses 12000] [--heldout-engine festival]
 
 Outputs ``OUT/wav/<split>/<utt>.flac`` and
 ``OUT/manifests/synth_{recordings,supervisions}_<split>.jsonl.gz``. The run is
@@ -61,7 +62,7 @@ from lhotse import (
 )
 from tqdm import tqdm
 
-from q4asr.corpora.text import TextConfig, load_sentences
+from q4asr.corpora.text import TextConfig, load_glosses, load_sentences
 from q4asr.utils import setup_logging
 
 log = logging.getLogger(__name__)
@@ -251,9 +252,10 @@ class SynthConfig:
     max_words: int = 14
     audio_format: str = "flac"
     heldout_engine: str | None = None  # an engine kept out of training (test_engine)
+    num_train_glosses: int = 0  # train utterances of WordNet definitions, added
 
     def __post_init__(self) -> None:
-        for name in ("num_train", "num_dev", "num_test"):
+        for name in ("num_train", "num_dev", "num_test", "num_train_glosses"):
             if getattr(self, name) < 0:
                 raise ValueError(
                     f"SynthConfig.{name} must be >= 0, got {getattr(self, name)}"
@@ -270,14 +272,22 @@ class SynthConfig:
 
 
 def make_specs(
-    config: SynthConfig, out_dir: str | Path, sentences: Sequence[str] | None = None
+    config: SynthConfig,
+    out_dir: str | Path,
+    sentences: Sequence[str] | None = None,
+    glosses: Sequence[str] | None = None,
 ) -> dict[str, list[UttSpec]]:
-    """The utterances of every split; a pure function of ``config`` and ``sentences``.
+    """The utterances of every split; a pure function of ``config``, ``sentences``
+    and ``glosses``.
 
     ``sentences`` defaults to :func:`q4asr.corpora.text.load_sentences`. Test sentences
     are the first ``num_test`` of the shuffled list, dev the next ``num_dev``, train
     cycles through the rest (reshuffled each pass) when it needs more utterances
-    than sentences. With ``config.heldout_engine`` the result also has
+    than sentences. ``config.num_train_glosses`` more train utterances follow them:
+    the first of ``glosses`` (default :func:`q4asr.corpora.text.load_glosses`,
+    definitions whose words are all among the sentences' words, none of them a
+    sentence); the utterances before them are the same whatever their number.
+    ValueError when there are fewer glosses than asked for. With ``config.heldout_engine`` the result also has
     ``"test_engine"`` (the test sentences spoken by that engine's seen and held-out
     voices) and no other split has a voice of that engine; ValueError when that
     engine has no voice installed, or when no other engine is left for the other
@@ -306,6 +316,20 @@ def make_specs(
         rng.shuffle(batch)
         train_s.extend(batch)
     train_s = train_s[: config.num_train]
+    if config.num_train_glosses:
+        if glosses is None:
+            glosses = load_glosses(
+                {w for t in sentences for w in t.split()},
+                set(sentences),
+                TextConfig(config.vocab_size, config.min_words, config.max_words),
+                seed=config.seed,
+            )
+        if len(glosses) < config.num_train_glosses:
+            raise ValueError(
+                f"--num-train-glosses {config.num_train_glosses}: only "
+                f"{len(glosses)} WordNet definitions are within the corpus's words"
+            )
+        train_s += list(glosses[: config.num_train_glosses])
 
     seen, held, engine_voices = split_voices(config.heldout_engine)
 
@@ -632,6 +656,14 @@ def get_parser() -> argparse.ArgumentParser:
         default=3000,
         help="keep sentences whose words are all in the N most frequent",
     )
+    p.add_argument(
+        "--num-train-glosses",
+        type=int,
+        default=0,
+        help="add N train utterances of WordNet definitions whose words are all\n"
+        "in the sentences' vocabulary (more distinct training text; dev and test\n"
+        "stay example sentences)",
+    )
     p.add_argument("--min-words", type=int, default=3)
     p.add_argument("--max-words", type=int, default=14)
     p.add_argument("--audio-format", choices=["flac", "wav"], default="flac")
@@ -662,6 +694,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             max_words=args.max_words,
             audio_format=args.audio_format,
             heldout_engine=None if heldout in (None, "", "none") else heldout,
+            num_train_glosses=args.num_train_glosses,
         )
         split_voices(config.heldout_engine)  # installed voices, before any work
     except ValueError as e:

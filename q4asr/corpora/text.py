@@ -4,7 +4,9 @@ WordNet glosses (``/usr/share/wordnet/data.{noun,verb,adj,adv}``, Debian package
 ``wordnet-base``) end in double-quoted usage examples: ``| a gloss; "an example"``.
 This module extracts them, normalises them to transcripts (upper-case words of
 letters and apostrophes), removes duplicates and caps the vocabulary so that a small
-model can learn acoustics rather than memorise sentences.
+model can learn acoustics rather than memorise sentences. The definitions themselves
+(``a gloss``, split at semicolons) are a second source of training text:
+:func:`load_glosses` keeps those whose words are all in a given vocabulary.
 
 Normalisation is conservative: a sentence whose spoken form is ambiguous (digits
 other than 0-99, abbreviations with periods, all-capital acronyms, symbols such as
@@ -85,24 +87,41 @@ def normalize(sentence: str) -> str | None:
     return " ".join(words) if words else None
 
 
-def read_wordnet_examples(wordnet_dir: str | Path = WORDNET_DIR) -> list[str]:
-    """The raw double-quoted example sentences of every WordNet gloss, in file order."""
-    wordnet_dir = Path(wordnet_dir)
-    paths = [wordnet_dir / name for name in WORDNET_FILES]
+def _wordnet_paths(wordnet_dir: str | Path) -> list[Path]:
+    paths = [Path(wordnet_dir) / name for name in WORDNET_FILES]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(
             f"{missing[0]}: WordNet data not found; install wordnet-base: "
             "tools/install.sh"
         )
+    return paths
+
+
+def read_wordnet_examples(wordnet_dir: str | Path = WORDNET_DIR) -> list[str]:
+    """The raw double-quoted example sentences of every WordNet gloss, in file order."""
     out: list[str] = []
-    for p in paths:
+    for p in _wordnet_paths(wordnet_dir):
         with open(p, encoding="latin-1") as f:
             for line in f:
                 if line.startswith("  ") or "|" not in line:  # licence header
                     continue
                 gloss = line.split("|", 1)[1]
                 out.extend(re.findall(r'"([^"]+)"', gloss))
+    return out
+
+
+def read_wordnet_glosses(wordnet_dir: str | Path = WORDNET_DIR) -> list[str]:
+    """The raw definitions of every WordNet gloss (its examples removed, split at
+    semicolons), in file order."""
+    out: list[str] = []
+    for p in _wordnet_paths(wordnet_dir):
+        with open(p, encoding="latin-1") as f:
+            for line in f:
+                if line.startswith("  ") or "|" not in line:  # licence header
+                    continue
+                gloss = re.sub(r'"[^"]*"', "", line.split("|", 1)[1])
+                out.extend(part.strip() for part in gloss.split(";") if part.strip())
     return out
 
 
@@ -193,6 +212,39 @@ def load_sentences(
             f"min_words={config.min_words}, max_words={config.max_words}"
         )
     kept = sorted(kept)
+    random.Random(seed).shuffle(kept)
+    return kept
+
+
+def load_glosses(
+    vocabulary: set[str],
+    exclude: set[str],
+    config: TextConfig | None = None,
+    seed: int = 0,
+    wordnet_dir: str | Path = WORDNET_DIR,
+) -> list[str]:
+    """Normalised, deduplicated WordNet definitions whose words are all in
+    ``vocabulary``, ``config.min_words``-``config.max_words`` words long, none of them
+    in ``exclude``, shuffled by seed (``config.vocab_size`` is not used: the
+    vocabulary is given)."""
+    config = config or TextConfig()
+    raw = read_wordnet_glosses(wordnet_dir)
+    kept = sorted(
+        s
+        for s in set(normalize_all(raw))
+        if config.min_words <= len(s.split()) <= config.max_words
+        and s not in exclude
+        and all(w in vocabulary for w in s.split())
+    )
+    log.info(
+        "%d raw WordNet definitions -> %d within the corpus's %d words, %d-%d words "
+        "long",
+        len(raw),
+        len(kept),
+        len(vocabulary),
+        config.min_words,
+        config.max_words,
+    )
     random.Random(seed).shuffle(kept)
     return kept
 
