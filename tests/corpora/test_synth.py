@@ -140,6 +140,37 @@ def test_config_validation():
         SynthConfig(num_train=1, num_dev=0, num_test=0, audio_format="mp3")
 
 
+def test_gloss_utterances_follow_the_same_train_utterances(tmp_path):
+    sents = [f"SENTENCE NUMBER {i}" for i in range(60)]
+    glosses = [f"DEFINITION NUMBER {i}" for i in range(8)]
+    cfg = SynthConfig(num_train=20, num_dev=4, num_test=6, seed=3)
+    plain = make_specs(cfg, tmp_path, sents)
+    more = make_specs(replace(cfg, num_train_glosses=5), tmp_path, sents, glosses)
+    assert {s: more[s] for s in BASE_SPLITS if s != "train"} == {
+        s: plain[s] for s in BASE_SPLITS if s != "train"
+    }
+    assert more["train"][:20] == plain["train"]
+    assert [p.text for p in more["train"][20:]] == glosses[:5]
+    assert [p.utt_id for p in more["train"][20:]] == [
+        f"train-{i:06d}" for i in range(20, 25)
+    ]
+    with pytest.raises(ValueError, match="--num-train-glosses 9: only 8 WordNet"):
+        make_specs(replace(cfg, num_train_glosses=9), tmp_path, sents, glosses)
+    with pytest.raises(ValueError, match="num_train_glosses"):
+        replace(cfg, num_train_glosses=-1)
+
+
+def test_wordnet_glosses_use_only_the_sentences_words(sentences, tmp_path):
+    cfg = SynthConfig(num_train=50, num_dev=10, num_test=10, seed=7,
+                      num_train_glosses=40)  # fmt: skip
+    train = make_specs(cfg, tmp_path, sentences)["train"]
+    words = {w for s in sentences for w in s.split()}
+    glosses = [p.text for p in train[50:]]
+    assert len(glosses) == len(set(glosses)) == 40
+    assert not set(glosses) & set(sentences)
+    assert all(w in words for g in glosses for w in g.split())
+
+
 def _spec_rows(by_split):
     return [
         (p.utt_id, p.text, p.engine, p.voice, p.speaker, p.speed, p.pitch, p.peak_db)

@@ -3,12 +3,15 @@
 import pytest
 
 from q4asr.corpora.text import (
+    WORDNET_FILES,
     TextConfig,
     cap_vocabulary,
+    load_glosses,
     load_sentences,
     normalize,
     normalize_all,
     read_wordnet_examples,
+    read_wordnet_glosses,
     spell_number,
 )
 
@@ -79,11 +82,41 @@ def test_wordnet_sentences_capped_and_deterministic():
     assert set(a) < set(bigger)
 
 
+def test_glosses_are_the_definitions_within_a_vocabulary(tmp_path):
+    lines = [
+        "  1 This software and database is being provided\n",  # licence header
+        '00001 03 n 01 cat 0 000 | a small animal; a pet that purrs; "the cat sat"\n',
+        '00002 03 n 01 dog 0 000 | an animal that barks; "the dog ran away"\n',
+        "00003 03 n 01 sun 0 000 | the star we orbit; a pet that purrs\n",
+    ]
+    for name in WORDNET_FILES:
+        (tmp_path / name).write_text("".join(lines) if name == "data.noun" else "")
+    assert read_wordnet_glosses(tmp_path) == [
+        "a small animal",
+        "a pet that purrs",
+        "an animal that barks",
+        "the star we orbit",
+        "a pet that purrs",
+    ]
+    vocab = set("A SMALL ANIMAL PET THAT PURRS AN BARKS THE STAR WE".split())
+    cfg = TextConfig(min_words=3, max_words=4)
+    got = load_glosses(
+        vocab, {"AN ANIMAL THAT BARKS"}, cfg, seed=0, wordnet_dir=tmp_path
+    )
+    # ORBIT is outside the vocabulary; the excluded sentence and the duplicate go
+    assert sorted(got) == ["A PET THAT PURRS", "A SMALL ANIMAL"]
+    four = load_glosses(vocab, set(), TextConfig(min_words=4), 0, tmp_path)
+    assert sorted(four) == ["A PET THAT PURRS", "AN ANIMAL THAT BARKS"]
+    assert four == load_glosses(vocab, set(), TextConfig(min_words=4), 0, tmp_path)
+
+
 def test_missing_wordnet_is_a_clear_error(tmp_path):
     with pytest.raises(
         FileNotFoundError, match="install wordnet-base: tools/install.sh"
     ):
         read_wordnet_examples(tmp_path)
+    with pytest.raises(FileNotFoundError, match="data.noun: WordNet data not found"):
+        read_wordnet_glosses(tmp_path)
 
 
 def test_text_config_validation():
