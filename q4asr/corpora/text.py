@@ -22,7 +22,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,8 @@ def normalize(sentence: str) -> str | None:
     return " ".join(words) if words else None
 
 
-def _wordnet_paths(wordnet_dir: str | Path) -> list[Path]:
+def _wordnet_glosses(wordnet_dir: str | Path) -> Iterator[str]:
+    """The gloss field (after ``|``) of every synset line of the WordNet data files."""
     paths = [Path(wordnet_dir) / name for name in WORDNET_FILES]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
@@ -95,34 +96,31 @@ def _wordnet_paths(wordnet_dir: str | Path) -> list[Path]:
             f"{missing[0]}: WordNet data not found; install wordnet-base: "
             "tools/install.sh"
         )
-    return paths
+    for p in paths:
+        with open(p, encoding="latin-1") as f:
+            for line in f:
+                if not line.startswith("  ") and "|" in line:  # not the licence
+                    yield line.split("|", 1)[1]
 
 
 def read_wordnet_examples(wordnet_dir: str | Path = WORDNET_DIR) -> list[str]:
     """The raw double-quoted example sentences of every WordNet gloss, in file order."""
-    out: list[str] = []
-    for p in _wordnet_paths(wordnet_dir):
-        with open(p, encoding="latin-1") as f:
-            for line in f:
-                if line.startswith("  ") or "|" not in line:  # licence header
-                    continue
-                gloss = line.split("|", 1)[1]
-                out.extend(re.findall(r'"([^"]+)"', gloss))
-    return out
+    return [
+        ex
+        for gloss in _wordnet_glosses(wordnet_dir)
+        for ex in re.findall(r'"([^"]+)"', gloss)
+    ]
 
 
 def read_wordnet_glosses(wordnet_dir: str | Path = WORDNET_DIR) -> list[str]:
     """The raw definitions of every WordNet gloss (its examples removed, split at
     semicolons), in file order."""
-    out: list[str] = []
-    for p in _wordnet_paths(wordnet_dir):
-        with open(p, encoding="latin-1") as f:
-            for line in f:
-                if line.startswith("  ") or "|" not in line:  # licence header
-                    continue
-                gloss = re.sub(r'"[^"]*"', "", line.split("|", 1)[1])
-                out.extend(part.strip() for part in gloss.split(";") if part.strip())
-    return out
+    return [
+        part.strip()
+        for gloss in _wordnet_glosses(wordnet_dir)
+        for part in re.sub(r'"[^"]*"', "", gloss).split(";")
+        if part.strip()
+    ]
 
 
 @dataclass
