@@ -3,9 +3,10 @@
 Sentences come from :mod:`q4asr.corpora.text` (WordNet examples, vocabulary-capped) and
 are split by *sentence*: no test sentence is in train or dev, no dev sentence in
 train. ``--num-train-glosses N`` adds N train utterances of WordNet definitions made
-of the same words (none of them a sentence of any split). Each utterance is spoken by one voice of espeak-ng, flite or festival with a
-speaker-level speed/pitch variation plus a small per-utterance jitter, then
-resampled to 16 kHz mono 16-bit with sox and peak-normalised to a random level.
+of the same words (none of them a sentence of any split). Each utterance is spoken by
+one voice of espeak-ng, flite or festival with a speaker-level speed/pitch variation
+plus a small per-utterance jitter, then resampled to 16 kHz mono 16-bit with sox and
+peak-normalised to a random level.
 
 Speakers: a speaker is a voice plus one of ``NUM_VARIATIONS`` variations
 (``espeak-en-us+f2-v1``). Voices are split in two disjoint groups:
@@ -287,11 +288,11 @@ def make_specs(
     the first of ``glosses`` (default :func:`q4asr.corpora.text.load_glosses`,
     definitions whose words are all among the sentences' words, none of them a
     sentence); the utterances before them are the same whatever their number.
-    ValueError when there are fewer glosses than asked for. With ``config.heldout_engine`` the result also has
-    ``"test_engine"`` (the test sentences spoken by that engine's seen and held-out
-    voices) and no other split has a voice of that engine; ValueError when that
-    engine has no voice installed, or when no other engine is left for the other
-    splits.
+    ValueError when there are fewer glosses than asked for. With
+    ``config.heldout_engine`` the result also has ``"test_engine"`` (the test sentences
+    spoken by that engine's seen and held-out voices) and no other split has a voice
+    of that engine; ValueError when that engine has no voice installed, or when no
+    other engine is left for the other splits.
     """
     out_dir = Path(out_dir).resolve()
     if sentences is None:
@@ -321,7 +322,8 @@ def make_specs(
             glosses = load_glosses(
                 {w for t in sentences for w in t.split()},
                 set(sentences),
-                TextConfig(config.vocab_size, config.min_words, config.max_words),
+                config.min_words,
+                config.max_words,
                 seed=config.seed,
             )
         if len(glosses) < config.num_train_glosses:

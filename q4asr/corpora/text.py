@@ -217,20 +217,19 @@ def load_sentences(
 def load_glosses(
     vocabulary: set[str],
     exclude: set[str],
-    config: TextConfig | None = None,
+    min_words: int = 3,
+    max_words: int = 14,
     seed: int = 0,
     wordnet_dir: str | Path = WORDNET_DIR,
 ) -> list[str]:
     """Normalised, deduplicated WordNet definitions whose words are all in
-    ``vocabulary``, ``config.min_words``-``config.max_words`` words long, none of them
-    in ``exclude``, shuffled by seed (``config.vocab_size`` is not used: the
-    vocabulary is given)."""
-    config = config or TextConfig()
+    ``vocabulary``, ``min_words``-``max_words`` words long, none of them in
+    ``exclude``, shuffled by seed."""
     raw = read_wordnet_glosses(wordnet_dir)
     kept = sorted(
         s
-        for s in set(normalize_all(raw))
-        if config.min_words <= len(s.split()) <= config.max_words
+        for s in normalize_all(raw)
+        if min_words <= len(s.split()) <= max_words
         and s not in exclude
         and all(w in vocabulary for w in s.split())
     )
@@ -240,8 +239,8 @@ def load_glosses(
         len(raw),
         len(kept),
         len(vocabulary),
-        config.min_words,
-        config.max_words,
+        min_words,
+        max_words,
     )
     random.Random(seed).shuffle(kept)
     return kept

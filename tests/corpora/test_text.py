@@ -99,15 +99,12 @@ def test_glosses_are_the_definitions_within_a_vocabulary(tmp_path):
         "a pet that purrs",
     ]
     vocab = set("A SMALL ANIMAL PET THAT PURRS AN BARKS THE STAR WE".split())
-    cfg = TextConfig(min_words=3, max_words=4)
-    got = load_glosses(
-        vocab, {"AN ANIMAL THAT BARKS"}, cfg, seed=0, wordnet_dir=tmp_path
-    )
+    got = load_glosses(vocab, {"AN ANIMAL THAT BARKS"}, 3, 4, wordnet_dir=tmp_path)
     # ORBIT is outside the vocabulary; the excluded sentence and the duplicate go
     assert sorted(got) == ["A PET THAT PURRS", "A SMALL ANIMAL"]
-    four = load_glosses(vocab, set(), TextConfig(min_words=4), 0, tmp_path)
+    four = load_glosses(vocab, set(), min_words=4, wordnet_dir=tmp_path)
     assert sorted(four) == ["A PET THAT PURRS", "AN ANIMAL THAT BARKS"]
-    assert four == load_glosses(vocab, set(), TextConfig(min_words=4), 0, tmp_path)
+    assert four == load_glosses(vocab, set(), min_words=4, wordnet_dir=tmp_path)
 
 
 def test_missing_wordnet_is_a_clear_error(tmp_path):
