@@ -216,3 +216,15 @@ def test_augmentation_options(tiny_corpus, tmp_path, capsys):
     main([*args, "--perturb-parts", "test", "--noise-snr", "-5"])
     ids = [c.id for c in load_manifest(tmp_path / "synth_cuts_test.jsonl.gz")]
     assert len(ids) == 16 and ids[-1].endswith("_noise-5")
+
+
+def test_parallel_jobs_give_the_features_of_one_job(tiny_corpus, tmp_path):
+    one, _ = compute_fbank(tiny_corpus.manifest_dir, tmp_path / "one", "synth", "test")
+    two, _ = compute_fbank(
+        tiny_corpus.manifest_dir, tmp_path / "two", "synth", "test", num_jobs=2
+    )
+    assert len(list((tmp_path / "two").glob("synth_feats_test_*.lca"))) == 2
+    a, b = _features(one), _features(two)
+    assert sorted(a) == sorted(b) and len(a) > 1
+    for cid in a:
+        np.testing.assert_allclose(a[cid], b[cid], atol=1e-5, err_msg=cid)

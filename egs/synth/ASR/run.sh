@@ -7,8 +7,10 @@
 # Usage: ./run.sh [--stage N] [--stop-stage N] [--quick true] [--nj 2] [--seed 1] ...
 #   any option of egs/TEMPLATE/ASR/asr.sh (--max-steps, --calibration-batches,
 #   --train-launcher...) is passed on to it
-#   --num-train-glosses N   N train utterances of WordNet definitions added to the
-#                  12000 of example sentences (more distinct training text; default 0)
+#   --num-train N  train utterances of the example sentences (default 24000: each
+#                  train sentence spoken about twice, by two voices; RESULTS.md)
+#   --num-train-glosses N   N train utterances of WordNet definitions added to them
+#                  (more distinct training text; default 0)
 #   --decode-methods "greedy_search"   greedy search only (default: greedy and modified
 #                  beam search, both reported for every system)
 #   --quick true   a small corpus and small models: every stage in a few minutes
@@ -31,7 +33,7 @@ stop_stage=100
 quick=false
 nj=2
 seed=1
-num_train=12000
+num_train=24000  # 12000 (one voice per sentence): 5-6 points worse (RESULTS.md)
 num_train_glosses=0  # 12000 more of WordNet definitions: not better (RESULTS.md)
 num_dev=200
 num_test=300
