@@ -82,13 +82,36 @@ def _trace(log: str) -> dict[int, list[tuple[int, int, int, list[str]]]]:
     return out
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (children of any of its threads), from /proc."""
+    parent = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:  # "pid (comm) state ppid ...": comm may hold spaces and parentheses
+                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):  # gone meanwhile
+                continue
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        found += kids
+        todo += kids
+    return found
+
+
 def _kill_all(pid: int) -> None:
-    """SIGKILL torchrun (``pid``) and every rank it started, with their dataloader
-    workers: torchrun starts each rank in a process group of its own."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    for child in children:
-        os.killpg(int(child), signal.SIGKILL)
-    os.killpg(pid, signal.SIGKILL)
+    """SIGKILL torchrun (``pid``) and every process below it, each with its process
+    group: torchrun starts each rank (with its dataloader workers) in a process group
+    of its own."""
+    mine = os.getpgid(0)
+    for p in [*_descendants(pid), pid]:  # listed before any dies and is re-parented
+        try:
+            if os.getpgid(p) != mine:
+                os.killpg(os.getpgid(p), signal.SIGKILL)
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:  # gone already
+            pass
 
 
 def _run(setup, exp: Path, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -121,19 +144,20 @@ def test_killed_ddp_run_resumes_from_the_shar_position(setup, tmp_path):
     assert {w for _, _, w, _ in ref[0]} == {0, 1}  # both workers of a rank
 
     exp = tmp_path / "exp"
-    proc = subprocess.Popen(_cmd(setup, exp), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
+    log_path = tmp_path / "killed.log"  # a file: a full pipe would block the ranks
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(_cmd(setup, exp), env=_env(), stdout=subprocess.DEVNULL,
+                                stderr=log, start_new_session=True)  # fmt: skip
     deadline = time.time() + 300
     try:
         while not (exp / "checkpoint-6.pt").exists():
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert proc.poll() is None, log_path.read_text()[-3000:]
             assert time.time() < deadline, "no checkpoint written in time"
             time.sleep(0.01)
+    finally:  # also when an assertion failed: no rank may outlive the test
         _kill_all(proc.pid)
-    finally:
         proc.wait()
-        killed_log = proc.stderr.read()
+    killed_log = log_path.read_text()
     killed_at = find_latest(exp)
     assert not (exp / "final.pt").exists(), "the run finished before it was killed"
     ckpt = load_checkpoint(killed_at)
