@@ -430,7 +430,7 @@ def compute_fbank(
     else:
         splits = cuts.split(num_jobs)
         # one thread per job: jobs that each spread over every core contend for them
-        # (7x slower on 2 cores than with one thread each)
+        # (7.5x slower on 2 cores than with one thread each)
         with ProcessPoolExecutor(
             num_jobs, initializer=torch.set_num_threads, initargs=(1,)
         ) as ex:

@@ -107,8 +107,9 @@ def _kill_all(pid: int) -> None:
     mine = os.getpgid(0)
     for p in [*_descendants(pid), pid]:  # listed before any dies and is re-parented
         try:
-            if os.getpgid(p) != mine:
-                os.killpg(os.getpgid(p), signal.SIGKILL)
+            group = os.getpgid(p)
+            if group != mine:
+                os.killpg(group, signal.SIGKILL)
             os.kill(p, signal.SIGKILL)
         except ProcessLookupError:  # gone already
             pass
