@@ -4,7 +4,9 @@
         --cuts data/fbank/synth_cuts_test.jsonl.gz --test-set test \\
         --method modified_beam_search --out-dir exp/qat_w4a8/decode
 
-Writes ``recogs-<set>-<method>.txt``, ``errs-<set>-<method>.txt`` (per-utterance
+Several test sets (``--cuts A B --test-set a b``) and methods (``--method
+greedy_search modified_beam_search``) are decoded in one process, each set's encoder
+output shared by the methods. For each set and method it writes ``recogs-<set>-<method>.txt``, ``errs-<set>-<method>.txt`` (per-utterance
 alignments), ``wer-summary-<set>-<method>.txt`` and ``<set>-<method>.json`` (WER,
 errors, words, utts, RTF, per-utterance errors) to the output dir. References and
 hypotheses are compared after the recipes' transcript normalisation (upper case,
@@ -17,15 +19,40 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 import torch
 
-from q4asr.decode.recognize import METHODS, decode_cuts
+from q4asr.decode.recognize import METHODS, DecodeResult, decode_cuts
 from q4asr.decode.scoring import SCORING_MODES, scoring_note, write_results
 from q4asr.modelfile import load_asr_model
 from q4asr.utils import setup_logging
 
 log = logging.getLogger("q4asr.decode")
+
+
+def write_result(args: argparse.Namespace, test_set: str, method: str,
+                 res: DecodeResult) -> None:
+    for cut_id, why in res.failed.items():
+        log.warning("%s: %s (scored as an empty hypothesis)", cut_id, why)
+    write_results(
+        args.out_dir,
+        test_set,
+        method,
+        res.ids,
+        res.refs,
+        res.hyps,
+        extra={
+            "rtf": round(res.rtf, 5),
+            "audio_seconds": round(res.audio_seconds, 2),
+            "decode_seconds": round(res.decode_seconds, 2),
+            "failed_utts": len(res.failed),
+            "model": str(args.model),
+            "num_threads": torch.get_num_threads(),
+        },
+        scoring=args.scoring,
+    )
+    print(f"{test_set} {method}: {scoring_note(args.scoring)}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,9 +63,13 @@ def main(argv: list[str] | None = None) -> int:
         help="model file (.safetensors) or training checkpoint (.pt)",
     )
     p.add_argument("--bpe-model", default=None, help="needed with a .pt checkpoint")
-    p.add_argument("--cuts", required=True)
-    p.add_argument("--test-set", required=True, help="name used in the output files")
-    p.add_argument("--method", default="greedy_search", choices=METHODS)
+    p.add_argument("--cuts", required=True, nargs="+", help="one manifest per test set")
+    p.add_argument(
+        "--test-set", required=True, nargs="+", help="names used in the output files"
+    )
+    p.add_argument(
+        "--method", default=["greedy_search"], nargs="+", choices=METHODS
+    )
     p.add_argument("--beam", type=int, default=4)
     p.add_argument(
         "--scoring",
@@ -54,34 +85,24 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
+    if len(args.cuts) != len(args.test_set):
+        p.error(
+            f"{len(args.cuts)} --cuts against {len(args.test_set)} --test-set names: "
+            "give one name per manifest"
+        )
+    methods = list(dict.fromkeys(args.method))
     try:
+        for cuts in args.cuts:  # before anything is decoded
+            if not Path(cuts).is_file():
+                raise FileNotFoundError(f"{cuts}: no such cut manifest")
         asr = load_asr_model(args.model, args.bpe_model)
-        res = decode_cuts(asr, args.cuts, args.method, args.beam, args.max_duration)
+        for cuts, test_set in zip(args.cuts, args.test_set):
+            results = decode_cuts(asr, cuts, methods, args.beam, args.max_duration)
+            for method, res in results.items():
+                write_result(args, test_set, method, res)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    for cut_id, why in res.failed.items():
-        log.warning("%s: %s (scored as an empty hypothesis)", cut_id, why)
-    write_results(
-        args.out_dir,
-        args.test_set,
-        args.method,
-        res.ids,
-        res.refs,
-        res.hyps,
-        extra={
-            "rtf": round(res.rtf, 5),
-            "audio_seconds": round(res.audio_seconds, 2),
-            "decode_seconds": round(res.decode_seconds, 2),
-            "failed_utts": len(res.failed),
-            "model": str(args.model),
-            "num_threads": torch.get_num_threads(),
-        },
-        scoring=args.scoring,
-    )
-    print(
-        f"{args.test_set} {args.method}: {scoring_note(args.scoring)}", file=sys.stderr
-    )
     return 0
 
 

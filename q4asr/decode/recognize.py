@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,23 +30,40 @@ def recognize_batch(asr: AsrModel, feats: torch.Tensor, feat_lens: torch.Tensor,
 
     An utterance too short for the subsampling gets an empty hypothesis.
     """
-    if method not in METHODS:
-        raise ValueError(f"decoding method {method!r} is not one of {METHODS}")
+    return recognize_batch_methods(asr, feats, feat_lens, (method,), beam)[method][0]
+
+
+@torch.no_grad()
+def recognize_batch_methods(asr: AsrModel, feats: torch.Tensor, feat_lens: torch.Tensor,
+                            methods: Sequence[str], beam: int = 4
+                            ) -> dict[str, tuple[list[str], float]]:
+    """:func:`recognize_batch` with each of ``methods`` on one encoder output:
+    {method: (N hypotheses, seconds)}, the seconds being the encoder's plus that
+    method's search (what decoding with that method alone takes)."""
+    for method in methods:
+        if method not in METHODS:
+            raise ValueError(f"decoding method {method!r} is not one of {METHODS}")
     assert feats.ndim == 3 and feat_lens.shape == (feats.shape[0],), feats.shape
-    out = [""] * feats.shape[0]
+    start = time.perf_counter()
     keep = (feat_lens >= MIN_FRAMES).nonzero().flatten()
-    if len(keep) == 0:
-        return out
-    x, x_lens = feats[keep], feat_lens[keep]
-    x = x[:, : int(x_lens.max())]
-    enc, enc_lens = asr.model.encode(x, x_lens)
-    if method == "greedy_search":
-        tokens = greedy_search(asr.model, enc, enc_lens)
-    else:
-        tokens = modified_beam_search(asr.model, enc, enc_lens, beam=beam)
-    for i, text in zip(keep.tolist(), asr.tokenizer.decode(tokens)):
-        out[i] = text
-    return out
+    if len(keep) > 0:
+        x, x_lens = feats[keep], feat_lens[keep]
+        x = x[:, : int(x_lens.max())]
+        enc, enc_lens = asr.model.encode(x, x_lens)
+    enc_s = time.perf_counter() - start
+    res = {}
+    for method in methods:
+        start = time.perf_counter()
+        out = [""] * feats.shape[0]
+        if len(keep) > 0:
+            if method == "greedy_search":
+                tokens = greedy_search(asr.model, enc, enc_lens)
+            else:
+                tokens = modified_beam_search(asr.model, enc, enc_lens, beam=beam)
+            for i, text in zip(keep.tolist(), asr.tokenizer.decode(tokens)):
+                out[i] = text
+        res[method] = out, enc_s + time.perf_counter() - start
+    return res
 
 
 @dataclass
@@ -62,10 +80,12 @@ class DecodeResult:
         return self.decode_seconds / max(self.audio_seconds, 1e-9)
 
 
-def decode_cuts(asr: AsrModel, cuts_path: str | Path, method: str = "greedy_search",
-                beam: int = 4, max_duration: float = 200.0) -> DecodeResult:
+def decode_cuts(asr: AsrModel, cuts_path: str | Path,
+                methods: Sequence[str] = ("greedy_search",), beam: int = 4,
+                max_duration: float = 200.0) -> dict[str, DecodeResult]:
     """Decode every cut of a manifest (precomputed features when the cuts have them,
-    else fbank on the fly). A cut that cannot be read is logged and scored as an empty
+    else fbank on the fly) with each of ``methods``, on one encoder pass:
+    {method: result}. A cut that cannot be read is logged and scored as an empty
     hypothesis (all its words deleted), never dropped."""
     cuts_path = Path(cuts_path)
     if not cuts_path.is_file():
@@ -77,24 +97,26 @@ def decode_cuts(asr: AsrModel, cuts_path: str | Path, method: str = "greedy_sear
     dataset = AsrDataset(asr.tokenizer, on_the_fly_features=not first.has_features,
                          num_mel_bins=int(asr.feature_config.get("num_mel_bins", 80)))
     sampler = SimpleCutSampler(cuts, max_duration=max_duration, shuffle=False)
-    res = DecodeResult()
+    results = {m: DecodeResult() for m in methods}
     bar = tqdm(desc=f"decode {cuts_path.name}", unit="utt", leave=False)
     for batch_cuts in sampler:
         batch = dataset[batch_cuts]
-        for cut in batch_cuts:
-            if cut.id in batch["skipped"]:
-                res.failed[cut.id] = batch["skipped"][cut.id]
-                res.ids.append(cut.id)
-                res.refs.append(cut_text(cut))
-                res.hyps.append("")
-        start = time.perf_counter()
-        hyps = (recognize_batch(asr, batch["features"], batch["feature_lens"], method, beam)
-                if batch["cut_ids"] else [])
-        res.decode_seconds += time.perf_counter() - start
-        res.audio_seconds += batch["duration"]
-        res.ids += batch["cut_ids"]
-        res.refs += batch["texts"]
-        res.hyps += hyps
+        hyps = (recognize_batch_methods(asr, batch["features"], batch["feature_lens"],
+                                        methods, beam)
+                if batch["cut_ids"] else {m: ([], 0.0) for m in methods})
+        for method, res in results.items():
+            for cut in batch_cuts:
+                if cut.id in batch["skipped"]:
+                    res.failed[cut.id] = batch["skipped"][cut.id]
+                    res.ids.append(cut.id)
+                    res.refs.append(cut_text(cut))
+                    res.hyps.append("")
+            texts, seconds = hyps[method]
+            res.decode_seconds += seconds
+            res.audio_seconds += batch["duration"]
+            res.ids += batch["cut_ids"]
+            res.refs += batch["texts"]
+            res.hyps += texts
         bar.update(len(batch_cuts))
     bar.close()
-    return res
+    return results

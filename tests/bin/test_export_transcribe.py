@@ -166,6 +166,37 @@ def test_decode_writes_result_files(qat_int4, tiny_corpus, tmp_path):
     assert r.returncode == 1 and "none.safetensors" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_decode_of_several_sets_and_methods_in_one_process(qat_int4, tiny_corpus,
+                                                           tmp_path):
+    """Two test sets with both methods in one process (each set's encoder output
+    shared): the same results as one set and one method at a time."""
+    _, _, model = qat_int4
+    sets = {"dev": tiny_corpus.cuts["dev"], "test": tiny_corpus.cuts["test"]}
+    methods = ("greedy_search", "modified_beam_search")
+    cli("q4asr.bin.decode", "--model", str(model), "--cuts", *map(str, sets.values()),
+        "--test-set", *sets, "--method", *methods, "--out-dir", str(tmp_path / "all"))
+    for name, cuts in sets.items():
+        for m in methods:
+            one = tmp_path / f"{name}-{m}"
+            cli("q4asr.bin.decode", "--model", str(model), "--cuts", str(cuts),
+                "--test-set", name, "--method", m, "--out-dir", str(one))
+            tag = f"{name}-{m}"
+            assert (tmp_path / "all" / f"recogs-{tag}.txt").read_text() == (
+                one / f"recogs-{tag}.txt").read_text()
+            got = json.loads((tmp_path / "all" / f"{tag}.json").read_text())
+            assert got["per_utt"] == json.loads((one / f"{tag}.json").read_text())["per_utt"]
+            assert got["utts"] == len(tiny_corpus.texts[name])
+    # a missing manifest or a name short: one line, nothing decoded
+    r = cli("q4asr.bin.decode", "--model", str(model), "--cuts", str(sets["dev"]),
+            str(tmp_path / "none.jsonl.gz"), "--test-set", "dev", "x",
+            "--out-dir", str(tmp_path / "bad"), check=False)
+    assert r.returncode == 1 and "none.jsonl.gz: no such cut manifest" in r.stderr
+    assert not (tmp_path / "bad").exists()
+    r = cli("q4asr.bin.decode", "--model", str(model), "--cuts", *map(str, sets.values()),
+            "--test-set", "dev", "--out-dir", str(tmp_path / "bad"), check=False)
+    assert r.returncode == 2 and "give one name per manifest" in r.stderr
+
+
 def test_lower_case_punctuated_text_scores_like_the_recipe_text(qat_int4, tiny_corpus,
                                                                  tmp_path):
     """A Kaldi ``text`` in lower case with punctuation scores as the upper-case original

@@ -195,14 +195,15 @@ fi
 
 if run_stage 15 "decode $test_parts with $decode_methods"; then
   for s in $(sys_list); do
+    # one process per system: every test part, both methods on one encoder pass
+    markers=() cuts=()
     for part in $test_parts; do
-      for m in $decode_methods; do
-        done_or_run "$exp_dir/$s/decode/.$part-$m.done" \
-          q4asr-decode --model "$exp_dir/$s/model.safetensors" \
-            --cuts "$fbank_dir/${prefix}_cuts_${part}.jsonl.gz" --test-set "$part" \
-            --method "$m" --out-dir "$exp_dir/$s/decode"
-      done
+      cuts+=("$fbank_dir/${prefix}_cuts_${part}.jsonl.gz")
+      for m in $decode_methods; do markers+=("$exp_dir/$s/decode/.$part-$m.done"); done
     done
+    done_or_run_all "${markers[@]}" -- \
+      q4asr-decode --model "$exp_dir/$s/model.safetensors" --cuts "${cuts[@]}" \
+        --test-set $test_parts --method $decode_methods --out-dir "$exp_dir/$s/decode"
   done
   end_stage
 fi

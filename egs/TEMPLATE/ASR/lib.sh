@@ -33,16 +33,31 @@ end_stage() {
 done_or_run() {
   local marker=$1
   shift
-  if [ -e "$marker" ]; then
-    log "skip (done: $marker)"
+  done_or_run_all "$marker" -- "$@"
+}
+
+# done_or_run_all MARKER... -- CMD...: run CMD unless every MARKER exists; create them all
+# only if CMD succeeds (one command that makes several results).
+done_or_run_all() {
+  local markers=() missing=0 m
+  while [ "$1" != -- ]; do
+    markers+=("$1")
+    [ -e "$1" ] || missing=1
+    shift
+  done
+  shift
+  if [ $missing = 0 ]; then
+    log "skip (done: ${markers[*]})"
     return 0
   fi
   log "$*"
   mkdir -p "${exp_dir:-exp}"
   printf '%s\n' "$*" >> "${exp_dir:-exp}/commands.log"
   "$@"
-  mkdir -p "$(dirname "$marker")"
-  touch "$marker"
+  for m in "${markers[@]}"; do
+    mkdir -p "$(dirname "$m")"
+    touch "$m"
+  done
 }
 
 # run_template VAR... [-- ARG...]: a corpus recipe's call of the template's stages
