@@ -461,12 +461,13 @@ def test_every_config_error_is_one_type():
     assert isinstance(e.value, PlanError)
 
 
+EGS = Path(__file__).resolve().parents[2] / "egs"
+
+
 @pytest.mark.parametrize(
     "path",
-    sorted(
-        (Path(__file__).resolve().parents[2] / "egs").glob("*/ASR/conf/train*.yaml")
-    ),
-    ids=lambda p: f"{p.parts[-4]}/{p.name}",
+    sorted(EGS.glob("*/ASR/conf/**/train*.yaml")),
+    ids=lambda p: str(p.relative_to(EGS)),
 )
 def test_every_recipe_training_config_loads(path):
     """Every training config a recipe ships passes the checks of its sections, and
@@ -475,3 +476,18 @@ def test_every_recipe_training_config_loads(path):
     model = build_model(ModelConfig.from_dict({**cfg.model, "vocab_size": 128}))
     assert sum(p.numel() for p in model.parameters()) > 0
     assert cfg.train.max_steps or cfg.train.num_epochs
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(EGS.glob("*/ASR/conf/**/systems.yaml")),
+    ids=lambda p: str(p.relative_to(EGS)),
+)
+def test_every_recipe_systems_file_loads(path, monkeypatch):
+    """Every systems file a recipe ships names configs and plans that exist (paths
+    are relative to the recipe dir, where run.sh runs)."""
+    from q4asr.recipe import load_systems
+
+    monkeypatch.chdir(next(d for d in path.parents if d.name == "ASR"))
+    systems = load_systems(path)
+    assert systems and systems[0].method == "float"

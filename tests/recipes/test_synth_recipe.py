@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from fixtures import TINY_MODEL, tiny_train
 
@@ -70,6 +71,14 @@ def test_options_are_checked_and_the_rest_reach_the_template(tmp_path):
     assert "--systems conf/none.yaml: no such file" in r.stderr
     r = run(d, "--stage", "16", "--max-steps", "many", check=False)
     assert r.returncode == 1 and "--max-steps takes a non-negative integer" in r.stderr
+    r = run(d, "--gpu-schedule", "maybe", check=False)
+    assert r.returncode == 1 and "--gpu-schedule takes true or false" in r.stderr
+    r = run(d, "--gpu-schedule", "true", "--quick", "true", check=False)
+    assert r.returncode == 1 and "choose one" in r.stderr
+    if not torch.cuda.is_available():
+        r = run(d, "--gpu-schedule", "true", check=False)
+        assert r.returncode == 1 and "needs a CUDA GPU" in r.stderr
+        assert not (d / "data").exists() and not (d / "exp" / "gpu").exists()
     r = run(d, "--stage", "17", "--stop-stage", "16", "--train-launcher", "torchrun",
             "--calibration-batches", "3")
     assert r.returncode == 0 and "unknown option" not in r.stderr

@@ -15,6 +15,9 @@
 #                  beam search, both reported for every system)
 #   --quick true   a small corpus and small models: every stage in a few minutes
 #                  (data in data/quick, results in exp/quick, RESULTS.md untouched)
+#   --gpu-schedule true   the GPU schedule (conf/gpu/: a 20M-parameter model, 4,000
+#                  steps of 600 s) on one CUDA GPU, the same corpus; results in exp/gpu
+#                  and its RESULTS.md there (default false: the CPU schedule)
 #   --heldout-engine festival   a corpus without festival (or espeak, flite) in train,
 #                  dev, test and test_heldout, and its test sentences spoken by that
 #                  engine's voices as test part test_engine, decoded and reported with
@@ -31,6 +34,7 @@ set -euo pipefail
 stage=0
 stop_stage=100
 quick=false
+gpu_schedule=false
 nj=2
 seed=1
 num_train=24000  # 12000 (one voice per sentence): about 5 points worse on test (RESULTS.md)
@@ -68,6 +72,16 @@ if [ -n "$heldout_engine" ]; then
   heldout_opts=(--heldout-engine "$heldout_engine")
 fi
 
+if $gpu_schedule; then
+  $quick && { echo "$0: --gpu-schedule true and --quick true: choose one" >&2; exit 1; }
+  python -c "import torch, sys; sys.exit(not torch.cuda.is_available())" || {
+    echo "$0: --gpu-schedule true needs a CUDA GPU, and torch sees none here" >&2
+    exit 1
+  }
+  systems=conf/gpu/systems.yaml exp_dir=$exp_dir/gpu results_md=$exp_dir/RESULTS.md
+  mkdir -p "$exp_dir"
+fi
+
 if $quick; then
   num_train=400 num_dev=30 num_test=30 vocab_size=300 nbpe=128 avg=2
   systems=conf/quick/systems.yaml
@@ -97,4 +111,4 @@ fi
 
 run_template nj nbpe avg systems decode_methods data_dir exp_dir results_md -- \
   --prefix synth --test-parts "$synth_tests" \
-  --results-title "synth${heldout_engine:+ without $heldout_engine}$($quick && echo ' (quick)')"
+  --results-title "synth${heldout_engine:+ without $heldout_engine}$($quick && echo ' (quick)')$($gpu_schedule && echo ', GPU schedule')"
