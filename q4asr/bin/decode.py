@@ -6,9 +6,10 @@
 
 Several test sets (``--cuts A B --test-set a b``) and methods (``--method
 greedy_search modified_beam_search``) are decoded in one process, each set's encoder
-output shared by the methods. For each set and method it writes ``recogs-<set>-<method>.txt``, ``errs-<set>-<method>.txt`` (per-utterance
-alignments), ``wer-summary-<set>-<method>.txt`` and ``<set>-<method>.json`` (WER,
-errors, words, utts, RTF, per-utterance errors) to the output dir. References and
+output shared by the methods. For each set and method it writes
+``recogs-<set>-<method>.txt``, ``errs-<set>-<method>.txt`` (per-utterance alignments),
+``wer-summary-<set>-<method>.txt`` and ``<set>-<method>.json`` (WER, errors, words,
+utts, RTF, per-utterance errors) to the output dir. References and
 hypotheses are compared after the recipes' transcript normalisation (upper case,
 punctuation removed), so a lower-case or punctuated ``text`` scores as it should;
 ``--scoring verbatim`` compares words exactly as written.

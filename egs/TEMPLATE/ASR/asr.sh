@@ -195,7 +195,7 @@ fi
 
 if run_stage 15 "decode $test_parts with $decode_methods"; then
   for s in $(sys_list); do
-    # one process per system: every test part, both methods on one encoder pass
+    # one process per system: every test part and method, the methods sharing each encoder pass
     markers=() cuts=()
     for part in $test_parts; do
       cuts+=("$fbank_dir/${prefix}_cuts_${part}.jsonl.gz")
