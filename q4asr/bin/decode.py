@@ -20,10 +20,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 import torch
 
+from q4asr.data.datamodule import load_cuts
 from q4asr.decode.recognize import METHODS, DecodeResult, decode_cuts
 from q4asr.decode.scoring import SCORING_MODES, scoring_note, write_results
 from q4asr.modelfile import load_asr_model
@@ -93,9 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     methods = list(dict.fromkeys(args.method))
     try:
-        for cuts in args.cuts:  # before anything is decoded
-            if not Path(cuts).is_file():
-                raise FileNotFoundError(f"{cuts}: no such cut manifest")
+        for cuts in args.cuts:  # a missing manifest is named before anything is decoded
+            load_cuts(cuts)
         asr = load_asr_model(args.model, args.bpe_model)
         for cuts, test_set in zip(args.cuts, args.test_set):
             results = decode_cuts(asr, cuts, methods, args.beam, args.max_duration)

@@ -10,11 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from lhotse import CutSet
 from lhotse.dataset import SimpleCutSampler
 from tqdm import tqdm
 
-from q4asr.data.datamodule import MIN_FRAMES, AsrDataset, cut_text
+from q4asr.data.datamodule import MIN_FRAMES, AsrDataset, cut_text, load_cuts
 from q4asr.decode.search import greedy_search, modified_beam_search
 from q4asr.modelfile import AsrModel
 
@@ -88,9 +87,7 @@ def decode_cuts(asr: AsrModel, cuts_path: str | Path,
     {method: result}. A cut that cannot be read is logged and scored as an empty
     hypothesis (all its words deleted), never dropped."""
     cuts_path = Path(cuts_path)
-    if not cuts_path.is_file():
-        raise FileNotFoundError(f"{cuts_path}: no such cut manifest")
-    cuts = CutSet.from_jsonl_lazy(cuts_path)
+    cuts = load_cuts(cuts_path)
     first = next(iter(cuts), None)
     if first is None:
         raise ValueError(f"{cuts_path}: no cuts")
@@ -104,13 +101,13 @@ def decode_cuts(asr: AsrModel, cuts_path: str | Path,
         hyps = (recognize_batch_methods(asr, batch["features"], batch["feature_lens"],
                                         methods, beam)
                 if batch["cut_ids"] else {m: ([], 0.0) for m in methods})
+        skipped = [c for c in batch_cuts if c.id in batch["skipped"]]
         for method, res in results.items():
-            for cut in batch_cuts:
-                if cut.id in batch["skipped"]:
-                    res.failed[cut.id] = batch["skipped"][cut.id]
-                    res.ids.append(cut.id)
-                    res.refs.append(cut_text(cut))
-                    res.hyps.append("")
+            for cut in skipped:
+                res.failed[cut.id] = batch["skipped"][cut.id]
+                res.ids.append(cut.id)
+                res.refs.append(cut_text(cut))
+                res.hyps.append("")
             texts, seconds = hyps[method]
             res.decode_seconds += seconds
             res.audio_seconds += batch["duration"]

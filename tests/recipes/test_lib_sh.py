@@ -34,3 +34,6 @@ def test_a_failed_command_leaves_no_marker(tmp_path):
     assert not list((tmp_path / "exp").glob(".*.done"))
     r = run(tmp_path, "done_or_run exp/.z.done false")
     assert r.returncode != 0 and not (tmp_path / "exp/.z.done").exists()
+    r = run(tmp_path, "done_or_run_all exp/.w.done false")  # no "--" before the command
+    assert r.returncode != 0 and "expected MARKER... -- CMD..." in r.stderr
+    assert not (tmp_path / "exp/.w.done").exists()

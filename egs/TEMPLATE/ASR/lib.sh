@@ -40,11 +40,12 @@ done_or_run() {
 # only if CMD succeeds (one command that makes several results).
 done_or_run_all() {
   local markers=() missing=0 m
-  while [ "$1" != -- ]; do
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do
     markers+=("$1")
     [ -e "$1" ] || missing=1
     shift
   done
+  [ $# -gt 1 ] || { echo "done_or_run_all: expected MARKER... -- CMD..." >&2; return 1; }
   shift
   if [ $missing = 0 ]; then
     log "skip (done: ${markers[*]})"

@@ -79,7 +79,6 @@ if $gpu_schedule; then
     exit 1
   }
   systems=conf/gpu/systems.yaml exp_dir=$exp_dir/gpu results_md=$exp_dir/RESULTS.md
-  mkdir -p "$exp_dir"
 fi
 
 if $quick; then
