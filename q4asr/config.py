@@ -59,9 +59,16 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 @dataclass
 class SpecAugmentConfig:
-    """lhotse ``SpecAugment`` parameters (applied to training batches only)."""
+    """lhotse ``SpecAugment`` parameters (applied to training batches only).
+
+    ``freq_warp`` > 0 first warps each utterance's mel axis by a factor drawn
+    uniformly from ``[1 - freq_warp, 1 + freq_warp]`` (vocal tract length
+    perturbation on the features; see :func:`q4asr.data.datamodule.warp_mel_axis`);
+    0 leaves the features as they are.
+    """
 
     enabled: bool = True
+    freq_warp: float = 0.0
     time_warp_factor: int = 80
     num_feature_masks: int = 2
     features_mask_size: int = 27
@@ -82,7 +89,10 @@ class SpecAugmentConfig:
         )
         check_integer(self, w, *counts)
         check_positive(self, w, *counts, allow_zero=True)
-        check_fraction(self, w, "max_frames_mask_fraction", "p")
+        check_fraction(self, w, "max_frames_mask_fraction", "p", "freq_warp")
+        require(
+            self.freq_warp < 0.5, f"{w}.freq_warp", f"must be < 0.5, got {self.freq_warp!r}"
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SpecAugmentConfig:
@@ -92,7 +102,7 @@ class SpecAugmentConfig:
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``lhotse.dataset.SpecAugment``."""
         d = dataclasses.asdict(self)
-        del d["enabled"]
+        del d["enabled"], d["freq_warp"]
         return d
 
 

@@ -10,7 +10,8 @@
   (distributed when ``world_size > 1``); :func:`sampler_state` /
   :func:`restore_sampler` save and restore its exact position for resuming.
 - :class:`SpecAugmenter` applies lhotse's ``SpecAugment`` in the training
-  process (so its randomness follows the restored RNG state on resume).
+  process (so its randomness follows the restored RNG state on resume), after
+  :func:`warp_mel_axis` when ``freq_warp`` is set.
 """
 
 from __future__ import annotations
@@ -186,17 +187,47 @@ class AsrDataset(torch.utils.data.Dataset):
         }
 
 
+def warp_mel_axis(feats: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Vocal tract length perturbation on log-mel features: utterance ``n``'s bin
+    ``i`` takes the value at bin ``i * factors[n]`` (linear interpolation) up to a
+    boundary, above which the map runs straight to the top bin, so the band stays
+    the band (Jaitly and Hinton's piecewise-linear warp, on the mel axis). A factor
+    above 1 moves spectral peaks down (a longer vocal tract), below 1 up.
+
+    feats: (N, T, F) float, factors: (N,) float -> (N, T, F) float.
+    """
+    assert feats.ndim == 3 and factors.shape == (feats.shape[0],), (
+        feats.shape,
+        factors.shape,
+    )
+    top = feats.shape[2] - 1
+    i = torch.arange(top + 1, dtype=torch.float32, device=feats.device).unsqueeze(0)
+    a = factors.to(feats.device, torch.float32).unsqueeze(1)  # (N, 1)
+    bound = 0.85 * top * torch.clamp(1.0 / a, max=1.0)  # (N, 1): bound * a < top
+    above = bound * a + (top - bound * a) * (i - bound) / (top - bound)
+    src = torch.where(i <= bound, i * a, above).clamp(0, top)  # (N, F)
+    lo = src.floor().long().clamp(max=top - 1)
+    w = (src - lo).to(feats.dtype).unsqueeze(1)  # (N, 1, F)
+    idx = lo.unsqueeze(1).expand(-1, feats.shape[1], -1)
+    return torch.lerp(feats.gather(2, idx), feats.gather(2, idx + 1), w)
+
+
 class SpecAugmenter:
-    """lhotse ``SpecAugment`` on a padded batch, warping only the valid frames."""
+    """lhotse ``SpecAugment`` on a padded batch, warping only the valid frames;
+    first each utterance's mel axis by a random factor when ``cfg.freq_warp`` > 0."""
 
     def __init__(self, cfg: SpecAugmentConfig):
         self.transform = SpecAugment(**cfg.kwargs())
+        self.freq_warp = cfg.freq_warp
 
     def __call__(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> torch.Tensor:
         """feats: (N, T, F) float, feat_lens: (N,) int64 -> (N, T, F) float."""
         assert feats.ndim == 3, feats.shape
         assert feat_lens.shape == (feats.shape[0],), (feat_lens.shape, feats.shape)
         n = feats.shape[0]
+        if self.freq_warp:
+            factors = 1.0 + self.freq_warp * (2.0 * torch.rand(n) - 1.0)
+            feats = warp_mel_axis(feats, factors)
         segments = torch.stack(
             [torch.arange(n), torch.zeros(n, dtype=torch.int64), feat_lens.cpu()], dim=1
         )

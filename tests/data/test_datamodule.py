@@ -10,7 +10,7 @@ import torch
 from lhotse import CutSet
 from lhotse.utils import fastcopy
 
-from q4asr.config import SpecAugmentConfig
+from q4asr.config import ConfigError, SpecAugmentConfig
 from q4asr.data.datamodule import (
     MIN_FRAMES,
     AsrDataset,
@@ -22,6 +22,7 @@ from q4asr.data.datamodule import (
     restore_sampler,
     sampler_state,
     subsampled_length,
+    warp_mel_axis,
 )
 from q4asr.data.tokenizer import Tokenizer
 
@@ -174,3 +175,39 @@ def test_spec_augment_keeps_shape_and_input(tiny_corpus, tok):
     assert torch.equal(x, batch["features"])  # the input is not modified in place
     off = SpecAugmenter(SpecAugmentConfig(p=0.0))
     assert torch.equal(off(x, lens), x)
+
+
+def test_warp_mel_axis_moves_spectral_peaks_and_keeps_the_band():
+    f = 80
+    peak = torch.zeros(3, 2, f)
+    peak[:, :, 40] = 1.0
+    y = warp_mel_axis(peak, torch.tensor([1.0, 1.25, 0.8]))
+    assert torch.equal(y[0], peak[0])  # factor 1: unchanged
+    assert y[1, 0].argmax() == 32  # a longer vocal tract: the peak moves down
+    assert y[2, 0].argmax() == 50  # a shorter one: up
+    ramp = torch.arange(f, dtype=torch.float32).expand(2, 4, f)
+    w = warp_mel_axis(ramp, torch.tensor([1.1, 0.9]))
+    assert torch.equal(w[:, :, 0], ramp[:, :, 0])  # both ends stay where they are
+    assert torch.allclose(w[:, :, -1], ramp[:, :, -1])
+    assert (w.diff(dim=2) > 0).all()  # a monotonic map: no bin folds over another
+    assert torch.allclose(w[0, 0, 10], torch.tensor(11.0))
+    assert torch.allclose(w[1, 0, 10], torch.tensor(9.0))
+
+
+def test_spec_augment_freq_warp_draws_a_factor_per_utterance(tiny_corpus, tok):
+    batch = AsrDataset(tok)[CutSet.from_file(tiny_corpus.cuts["dev"]).subset(first=3)]
+    x, lens = batch["features"], batch["feature_lens"]
+    no_masks = {"p": 0.0}
+    torch.manual_seed(0)
+    y = SpecAugmenter(SpecAugmentConfig(freq_warp=0.1, **no_masks))(x, lens)
+    assert y.shape == x.shape
+    for n in range(x.shape[0]):  # every utterance warped, each by its own factor
+        assert not torch.allclose(y[n], x[n])
+    torch.manual_seed(0)
+    factors = 1.0 + 0.1 * (2.0 * torch.rand(x.shape[0]) - 1.0)
+    assert torch.allclose(y, warp_mel_axis(x, factors))
+    assert torch.equal(SpecAugmenter(SpecAugmentConfig(**no_masks))(x, lens), x)
+    with pytest.raises(ConfigError, match="train.spec_augment.freq_warp: must be < 0.5"):
+        SpecAugmentConfig(freq_warp=0.5)
+    with pytest.raises(ConfigError, match="freq_warp: expected a number"):
+        SpecAugmentConfig(freq_warp="x")
