@@ -12,7 +12,9 @@ Speakers: a speaker is a voice plus one of ``NUM_VARIATIONS`` variations
 (``espeak-en-us+f2-v1``). Voices are split in two disjoint groups:
 
 - seen (train, dev, test): espeak-ng languages ``ESPEAK_LANGS`` with variants
-  ``ESPEAK_VARIANTS_SEEN``; flite ``FLITE_SEEN``; festival ``FESTIVAL_SEEN``;
+  ``ESPEAK_VARIANTS_SEEN`` (``--espeak-variants all``: every variant espeak-ng has
+  installed but the held-out ones, about 100); flite ``FLITE_SEEN``; festival
+  ``FESTIVAL_SEEN``;
 - held out (``test_heldout`` only): espeak-ng variants ``ESPEAK_VARIANTS_HELDOUT``
   (in any language); flite ``FLITE_HELDOUT``; festival ``FESTIVAL_HELDOUT``.
 
@@ -29,7 +31,8 @@ Usage::
 
     python -m q4asr.corpora.synth --out-dir data/synth --num-train 12000 \\
         --num-dev 300 --num-test 300 --seed 1 --nj 2 [--vocab-size 3000] \\
-        [--num-train-glosses 12000] [--heldout-engine festival]
+        [--num-train-glosses 12000] [--heldout-engine festival] \\
+        [--espeak-variants all]
 
 Outputs ``OUT/wav/<split>/<utt>.flac`` and
 ``OUT/manifests/synth_{recordings,supervisions}_<split>.jsonl.gz``. The run is
@@ -104,6 +107,9 @@ ESPEAK_VARIANTS_SEEN = (
     "david",
 )
 ESPEAK_VARIANTS_HELDOUT = ("m7", "f4", "klatt4")
+# "demo": the variants above; "all": every variant espeak-ng has installed (about 100,
+# robots and whispers included) but the held-out ones
+ESPEAK_VARIANT_SETS = ("demo", "all")
 FLITE_SEEN = ("kal", "kal16", "rms", "slt")
 FLITE_HELDOUT = ("awb",)
 FESTIVAL_SEEN = ("kal_diphone", "cmu_us_slt_arctic_hts")
@@ -165,16 +171,41 @@ def available_voices(engine: str, names: Sequence[str]) -> list[Voice]:
     raise ValueError(f"unknown engine {engine!r}")
 
 
+def installed_espeak_variants() -> list[str]:
+    """The voice variants espeak-ng has installed (the files of its data dir's
+    ``voices/!v``), by the names ``-v LANG+NAME`` takes; [] without espeak-ng."""
+    if shutil.which("espeak-ng") is None:
+        return []
+    out = subprocess.run(
+        ["espeak-ng", "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    if "Data at:" not in out:
+        return []
+    vdir = Path(out.split("Data at:", 1)[1].strip()) / "voices" / "!v"
+    if not vdir.is_dir():
+        return []
+    # "Mr serious" has no name -v takes
+    return sorted(p.name for p in vdir.iterdir() if p.is_file() and " " not in p.name)
+
+
 def voice_groups(
     espeak_langs: Sequence[str] = ESPEAK_LANGS,
+    espeak_variants: str = "demo",
 ) -> tuple[dict[str, list[Voice]], dict[str, list[Voice]]]:
-    """(seen, held-out) voices per engine, only engines and voices that are installed."""
+    """(seen, held-out) voices per engine, only engines and voices that are installed.
+    ``espeak_variants``: one of :data:`ESPEAK_VARIANT_SETS` (the seen variants)."""
 
     def espeak(variants: Sequence[str]) -> list[str]:
         return [f"{lang}+{v}" for lang in espeak_langs for v in variants]
 
+    if espeak_variants == "all":
+        seen_variants = [
+            v for v in installed_espeak_variants() if v not in ESPEAK_VARIANTS_HELDOUT
+        ]
+    else:
+        seen_variants = list(ESPEAK_VARIANTS_SEEN)
     seen = {
-        "espeak": available_voices("espeak", espeak(ESPEAK_VARIANTS_SEEN)),
+        "espeak": available_voices("espeak", espeak(seen_variants)),
         "flite": available_voices("flite", FLITE_SEEN),
         "festival": available_voices("festival", FESTIVAL_SEEN),
     }
@@ -204,6 +235,7 @@ def _check_engine(name: str) -> str:
 
 def split_voices(
     heldout_engine: str | None = None,
+    espeak_variants: str = "demo",
 ) -> tuple[dict[str, list[Voice]], dict[str, list[Voice]], list[Voice]]:
     """(seen, held-out, held-out engine's) voices: :func:`voice_groups` without the
     voices of ``heldout_engine``, and those voices (seen ones first; [] for None).
@@ -211,7 +243,7 @@ def split_voices(
     ValueError, naming the option, when ``heldout_engine`` is not an engine, has no
     voice installed, or is the only engine with seen or with held-out voices.
     """
-    seen, held = voice_groups()
+    seen, held = voice_groups(espeak_variants=espeak_variants)
     if heldout_engine is None:
         return seen, held, []
     out = _check_engine(heldout_engine)
@@ -254,6 +286,7 @@ class SynthConfig:
     audio_format: str = "flac"
     heldout_engine: str | None = None  # an engine kept out of training (test_engine)
     num_train_glosses: int = 0  # train utterances of WordNet definitions, added
+    espeak_variants: str = "demo"  # seen espeak-ng variants: ESPEAK_VARIANT_SETS
 
     def __post_init__(self) -> None:
         for name in ("num_train", "num_dev", "num_test", "num_train_glosses"):
@@ -269,6 +302,11 @@ class SynthConfig:
             )
         if self.heldout_engine is not None:
             _check_engine(self.heldout_engine)
+        if self.espeak_variants not in ESPEAK_VARIANT_SETS:
+            raise ValueError(
+                f"--espeak-variants {self.espeak_variants!r}: expected one of "
+                f"{', '.join(ESPEAK_VARIANT_SETS)}"
+            )
         TextConfig(self.vocab_size, self.min_words, self.max_words)  # validates those
 
 
@@ -333,7 +371,9 @@ def make_specs(
             )
         train_s += list(glosses[: config.num_train_glosses])
 
-    seen, held, engine_voices = split_voices(config.heldout_engine)
+    seen, held, engine_voices = split_voices(
+        config.heldout_engine, config.espeak_variants
+    )
 
     def assign(
         split: str, texts: list[str], groups: dict[str, list[Voice]]
@@ -677,6 +717,14 @@ def get_parser() -> argparse.ArgumentParser:
         "train/dev/test/test_heldout and write split test_engine: the test\n"
         "sentences spoken by its voices (default, or '' or none: no engine held out)",
     )
+    p.add_argument(
+        "--espeak-variants",
+        choices=ESPEAK_VARIANT_SETS,
+        default="demo",
+        help="the espeak-ng voice variants of train, dev and test: demo (19 of them,\n"
+        "default) or all (every installed variant but the held-out ones); the\n"
+        "held-out voices and test_engine stay the same",
+    )
     return p
 
 
@@ -697,8 +745,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             audio_format=args.audio_format,
             heldout_engine=None if heldout in (None, "", "none") else heldout,
             num_train_glosses=args.num_train_glosses,
+            espeak_variants=args.espeak_variants,
         )
-        split_voices(config.heldout_engine)  # installed voices, before any work
+        # installed voices, before any work
+        split_voices(config.heldout_engine, config.espeak_variants)
     except ValueError as e:
         raise SystemExit(f"q4asr.corpora.synth: error: {e}") from None
     log.info("config: %s", asdict(config))

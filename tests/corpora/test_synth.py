@@ -260,10 +260,51 @@ def test_heldout_engine_errors(sentences, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(
         synth_mod,
         "voice_groups",
-        lambda: ({"espeak": seen["espeak"]}, {"espeak": held["espeak"]}),
+        lambda **kw: ({"espeak": seen["espeak"]}, {"espeak": held["espeak"]}),
     )
     with pytest.raises(ValueError, match="--heldout-engine espeak: no other engine"):
         make_specs(replace(cfg, heldout_engine="espeak"), tmp_path, sentences)
+
+
+def test_all_espeak_variants_widen_only_the_seen_voices(sentences, tmp_path):
+    installed = synth_mod.installed_espeak_variants()
+    assert set(synth_mod.ESPEAK_VARIANTS_SEEN) < set(installed)
+    assert set(synth_mod.ESPEAK_VARIANTS_HELDOUT) < set(installed)
+    demo_seen, demo_held = synth_mod.voice_groups()
+    seen, held = synth_mod.voice_groups(espeak_variants="all")
+    assert held == demo_held
+    assert {e: v for e, v in seen.items() if e != "espeak"} == {
+        e: v for e, v in demo_seen.items() if e != "espeak"
+    }
+    variants = {v.name.split("+")[1] for v in seen["espeak"]}
+    assert variants == set(installed) - set(synth_mod.ESPEAK_VARIANTS_HELDOUT)
+    cfg = SynthConfig(
+        num_train=400, num_dev=10, num_test=20, seed=5, heldout_engine="festival"
+    )
+    demo = make_specs(cfg, tmp_path, sentences)
+    wide = make_specs(replace(cfg, espeak_variants="all"), tmp_path, sentences)
+    # the held-out voices' and the held-out engine's test audio stay the same
+    assert wide["test_heldout"] == demo["test_heldout"]
+    assert wide["test_engine"] == demo["test_engine"]
+    assert [p.text for p in wide["train"]] == [p.text for p in demo["train"]]
+    new = {p.voice for p in wide["train"] if p.engine == "espeak"} - {
+        v.name for v in demo_seen["espeak"]
+    }
+    assert new  # voices the demo's corpus does not have
+    # espeak-ng speaks an unknown variant in its default voice without a word: a new
+    # variant's audio must differ from the default's
+    voice = sorted(new)[0]
+    lang = voice.split("+")[0]
+    audio = {}
+    for v in (lang, voice):
+        out = tmp_path / f"{v}.wav"
+        synth_mod.subprocess.run(
+            ["espeak-ng", "-v", v, "-w", str(out), "one two three"], check=True
+        )
+        audio[v] = out.read_bytes()
+    assert audio[lang] != audio[voice]
+    with pytest.raises(ValueError, match="--espeak-variants 'some': expected one of"):
+        replace(cfg, espeak_variants="some")
 
 
 def test_heldout_engine_corpus_synthesised(sentences, tmp_path):

@@ -24,6 +24,10 @@
 #                  the others; a corpus of its own: data in data/heldout_<engine>,
 #                  results in exp/heldout_<engine> and its RESULTS.md there (default
 #                  empty: every engine in training, the demo's corpus)
+#   --espeak-variants all   every espeak-ng voice variant installed (about 100) in
+#                  train, dev and test instead of the demo's 19; held-out voices and
+#                  test_engine stay the same (another corpus: give it a --data-dir
+#                  and --exp-dir of its own)
 #   --speed-perturb "0.9 1.1" --volume-perturb "0.3 3" --reverb true --noise-snr "20 10"
 #   --babble-snr "15"   augmented copies of the training cuts (the template's stage 10)
 # Stages: 0 synthesize the corpus (lhotse manifests in DATA/manifests);
@@ -50,6 +54,7 @@ data_dir=data
 exp_dir=exp
 results_md=RESULTS.md
 heldout_engine=
+espeak_variants=demo
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
 Q4ASR_ROOT=${Q4ASR_ROOT:-$(cd ../../.. && pwd)}
@@ -104,7 +109,7 @@ if run_stage 0 "synthesize the corpus: $n_train/$num_dev/$num_test utterances"; 
     python -m q4asr.corpora.synth --out-dir "$data_dir" --num-train "$num_train" \
       --num-dev "$num_dev" --num-test "$num_test" --vocab-size "$vocab_size" \
       --num-train-glosses "$num_train_glosses" --seed "$seed" --nj "$nj" \
-      "${heldout_opts[@]}"
+      --espeak-variants "$espeak_variants" "${heldout_opts[@]}"
   end_stage
 fi
 
