@@ -124,6 +124,11 @@ class TrainConfig:
 
     ``adam_fused`` uses AdamW's fused kernel (one pass over all parameters instead of
     a loop of small ops per tensor: on a 2-core CPU ~5% of a demo training step).
+    ``compile`` runs the encoder's Conformer layers through ``torch.compile`` in
+    training (``ConformerEncoder.compile_layers``: one compilation with symbolic batch
+    and time sizes, paid once at the first step, reused from Inductor's on-disk cache
+    by later runs; evaluation stays eager). Float training only: QAT's integer
+    modules are not compiled.
     ``eden`` (icefall's Eden factor, over steps): warm-up, then
     ``lr * ((step^2 + lr_decay_steps^2) / lr_decay_steps^2) ** -0.25``.
 
@@ -155,6 +160,7 @@ class TrainConfig:
     lr_decay_steps: int = 5000
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     adam_fused: bool = False
+    compile: bool = False
     weight_decay: float = 1e-3
     grad_clip: float | None = 5.0
     model_warmup_steps: int = 2000
@@ -256,7 +262,7 @@ class TrainConfig:
             f"expected two numbers in [0, 1), got {betas!r}",
         )
         self.adam_betas = [float(b) for b in betas]
-        check_bool(self, w, "adam_fused", "on_the_fly_features")
+        check_bool(self, w, "adam_fused", "compile", "on_the_fly_features")
         require(
             self.init_from is None or isinstance(self.init_from, str),
             f"{w}.init_from",

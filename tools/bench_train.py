@@ -147,6 +147,8 @@ class Trainer:
         np.random.seed(tc.seed)
         self.model, self.model_cfg = build_model(v.config, tokenizer)
         self.model.train()
+        if tc.compile:
+            self.model.encoder.compile_layers()
         self.forward_model: torch.nn.Module = self.model
         if v.procs > 1:
             # the same initial model on every rank; SpecAugment draws per rank

@@ -517,9 +517,16 @@ def setup(args: argparse.Namespace) -> Run:
         model.load_state_dict(model_state_from(tc.init_from))
         log.info("initialised the model from %s", tc.init_from)
     if plan is not None:
+        if tc.compile:
+            raise ConfigError(
+                f"train.compile: float training only, not with the plan {cfg.quant.plan}"
+            )
         model = prepare(model, plan)
         log.info("prepared for QAT with plan %s", cfg.quant.plan)
     model.to(device)
+    if tc.compile:
+        model.encoder.compile_layers()
+        log.info("train.compile: the encoder layers run compiled in training")
     log.info("model: %.2fM parameters", num_params(model) / 1e6)
     log.info(
         "mixed precision: %s (train.amp=%s, %s)",

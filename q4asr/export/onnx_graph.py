@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from q4asr.model.conformer import rel_shift_by_padding
 from q4asr.quant import IntConv1d, IntConv2d, IntEmbedding, IntLinear
 
 log = logging.getLogger(__name__)
@@ -483,16 +484,6 @@ def swap_int_modules(model: nn.Module) -> list[str]:
 
 
 # --------------------------------------------------------------------------- tracing
-
-
-def rel_shift_by_padding(x: torch.Tensor) -> torch.Tensor:
-    """The Conformer's ``rel_shift`` without ``as_strided`` (no ONNX op): pad a zero
-    column, reshape, drop a row. x: (N, H, T, 2T-1) -> (N, H, T, T) with
-    ``out[..., i, k] = x[..., i, T - 1 - i + k]`` (the same values; tested)."""
-    n, h, t, p = x.shape
-    x = torch.cat([x.new_zeros(n, h, t, 1), x], dim=-1)  # (N, H, T, 2T)
-    x = x.reshape(n, h, p + 1, t)[:, :, 1:].reshape(n, h, t, p)
-    return x[..., :t]
 
 
 def _int_keeping_trace(x: Any) -> Any:

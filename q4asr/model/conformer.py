@@ -133,13 +133,26 @@ class RelPositionalEncoding(nn.Module):
         return self.dropout(pe.to(x.dtype).unsqueeze(0))
 
 
+def rel_shift_by_padding(x: torch.Tensor) -> torch.Tensor:
+    """:func:`rel_shift` without ``as_strided`` (which neither ONNX nor
+    ``torch.compile`` can trace): pad a zero column, reshape, drop a row. The same
+    values (tested); slower in eager mode, where it copies the scores once more."""
+    n, h, t, p = x.shape
+    x = torch.cat([x.new_zeros(n, h, t, 1), x], dim=-1)  # (N, H, T, 2T)
+    x = x.reshape(n, h, p + 1, t)[:, :, 1:].reshape(n, h, t, p)
+    return x[..., :t]
+
+
 def rel_shift(x: torch.Tensor) -> torch.Tensor:
     """Select relative-position scores per (query, key) pair.
 
     x: (N, H, T, 2T-1) scores of each query against every relative position
     (column j is relative position T-1-j) -> (N, H, T, T) where
     ``out[..., i, k] = x[..., i, T - 1 - i + k]`` (relative position i - k).
+    Under ``torch.compile``: :func:`rel_shift_by_padding`.
     """
+    if torch.compiler.is_compiling():
+        return rel_shift_by_padding(x)
     n, h, t, p = x.shape
     assert p == 2 * t - 1, x.shape
     x = x.contiguous()
@@ -244,13 +257,35 @@ class ConvolutionModule(nn.Module):
         """x: (N, T, d_model); pad_mask: (N, T) bool, True at padding
         -> (N, T, d_model)."""
         assert x.ndim == 3, x.shape
-        x = self.glu(self.pointwise1(x.transpose(1, 2)))  # (N, d_model, T)
+        x = self.glu(conv1d(self.pointwise1, x.transpose(1, 2)))  # (N, d_model, T)
         if pad_mask is not None:
             assert pad_mask.shape == (x.shape[0], x.shape[2]), pad_mask.shape
             x = x.masked_fill(pad_mask.unsqueeze(1), 0.0)
-        x = self.depthwise(x)
+        x = conv1d(self.depthwise, x)
         x = self.act(self.norm(x.transpose(1, 2))).transpose(1, 2)
-        return self.pointwise2(x).transpose(1, 2)
+        return conv1d(self.pointwise2, x).transpose(1, 2)
+
+
+def conv1d(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)``, x: (N, C, T). Under ``torch.compile`` a float ``nn.Conv1d``
+    (pointwise, or depthwise with "same" padding) is computed without a convolution
+    op: a matmul, or a sum of shifted products. The compiled CPU backward of a
+    convolution fixes the time length, so every new length would compile again; these
+    forms keep it symbolic. The same function; the sums differ by float rounding."""
+    if not (torch.compiler.is_compiling() and type(conv) is nn.Conv1d):
+        return conv(x)
+    (k,), (stride,), (dilation,) = conv.kernel_size, conv.stride, conv.dilation
+    assert stride == 1 and dilation == 1 and conv.padding_mode == "zeros", conv
+    if k == 1 and conv.groups == 1:
+        y = nn.functional.linear(x.transpose(1, 2), conv.weight[:, :, 0], conv.bias)
+        return y.transpose(1, 2)
+    assert conv.groups == conv.in_channels == conv.out_channels, conv
+    assert conv.padding == ((k - 1) // 2,), conv
+    t = x.shape[2]
+    xp = nn.functional.pad(x, ((k - 1) // 2, (k - 1) // 2))
+    w = conv.weight[:, 0, :]  # (C, K)
+    y = sum(xp[:, :, i : i + t] * w[None, :, i, None] for i in range(k))
+    return y if conv.bias is None else y + conv.bias[None, :, None]
 
 
 class ConformerLayer(nn.Module):
@@ -316,6 +351,15 @@ class ConformerEncoder(nn.Module):
         self.half_rate = range(
             cfg.half_rate_first, cfg.half_rate_first + cfg.half_rate_layers
         )
+        self.compiled_layer = None
+
+    def compile_layers(self) -> None:
+        """Run the layers through ``torch.compile`` (Inductor) in training: one
+        compiled ``ConformerLayer.forward`` for all of them, its batch and time sizes
+        symbolic, so the full- and half-rate layers and every batch shape share one
+        compilation (and its backward). Evaluation and inference stay eager. The
+        front-end, the losses and the QAT modules are not compiled."""
+        self.compiled_layer = torch.compile(ConformerLayer.forward, dynamic=True)
 
     def forward(
         self, feats: torch.Tensor, feat_lens: torch.Tensor
@@ -339,7 +383,13 @@ class ConformerEncoder(nn.Module):
                 x, half_lens = halve_rate(x, out_lens)
                 pos_emb = self.pos_enc(x)
                 pad_mask = make_pad_mask(half_lens, x.shape[1])
-            x = layer(x, pos_emb, pad_mask)
+            compiled = self.training and torch.is_grad_enabled()
+            if compiled and self.compiled_layer is not None:
+                if x._base is not None:  # a view (the front-end's output) compiles
+                    x = x.clone()  # a graph of its own: give it a tensor of its own
+                x = self.compiled_layer(layer, x, pos_emb, pad_mask)
+            else:
+                x = layer(x, pos_emb, pad_mask)
             if self.half_rate and i == self.half_rate.stop - 1:
                 x = skip + double_rate(x, t)
                 pos_emb, pad_mask = full

@@ -350,6 +350,31 @@ def test_qat_mixed_precision_training_and_resume(amp, reference, tiny_corpus, tm
     )
 
 
+def test_compiled_float_training_and_no_compile_with_a_plan(
+    tiny_corpus, tmp_path, capfd
+):
+    """train.compile: a float run with compiled encoder layers trains, validates
+    (eager) and checkpoints; with a precision plan it is one clear error."""
+    exp = tmp_path / "exp"
+    config = _config(
+        tmp_path, max_steps=4, checkpoint_every=2, valid_every=2, compile=True
+    )
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert train.main(_args(tiny_corpus, config, exp)) == 0
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs
+    summary = json.loads((exp / "train_summary.json").read_text())
+    assert summary["steps"] == 4
+    assert all(math.isfinite(v) for v in summary["final_valid"].values())
+    assert load_checkpoint(exp / "final.pt")["config"]["train"]["compile"] is True
+
+    plan = tmp_path / "w4a8.yaml"
+    plan.write_text("default: {weight_bits: 4, act_bits: 8}\n")
+    exp2 = tmp_path / "exp2"
+    assert train.main(_args(tiny_corpus, config, exp2, "--plan", str(plan))) == 2
+    assert "train.compile: float training only" in capfd.readouterr().err
+    assert not (exp2 / "final.pt").exists()
+
+
 def test_config_errors_name_the_field(tiny_corpus, tmp_path, capfd):
     bad = tmp_path / "bad.yaml"
     bad.write_text(
