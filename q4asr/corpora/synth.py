@@ -4,7 +4,8 @@ Sentences come from :mod:`q4asr.corpora.text` (WordNet examples, vocabulary-capp
 are split by *sentence*: no test sentence is in train or dev, no dev sentence in
 train. ``--num-train-glosses N`` adds N train utterances of WordNet definitions made
 of the same words (none of them a sentence of any split). Each utterance is spoken by
-one voice of espeak-ng, flite or festival with a speaker-level speed/pitch variation
+one voice of espeak-ng, flite or festival (or SVOX Pico, with ``--engines``) with a
+speaker-level speed/pitch variation
 plus a small per-utterance jitter, then resampled to 16 kHz mono 16-bit with sox and
 peak-normalised to a random level.
 
@@ -20,6 +21,12 @@ Speakers: a speaker is a voice plus one of ``NUM_VARIATIONS`` variations
 
 ``test_heldout`` holds the test sentences again, spoken by held-out voices.
 
+``--engines`` chooses the engines (default espeak flite festival). ``pico`` is SVOX
+Pico through the Python package ``ttspico`` (an HMM synthesiser, two English voices,
+``PICO_SEEN``, no held-out one): ``--engines espeak flite pico`` with
+``--heldout-engine festival`` puts a third engine in festival's place in training.
+Without ``--engines`` the corpus is the same as before the option existed.
+
 ``--heldout-engine ENGINE`` (espeak, flite or festival) keeps every voice of that
 engine, seen or held out, out of train, dev, test and test_heldout, and adds a split
 ``test_engine``: the test sentences again, spoken by that engine's voices (accuracy on
@@ -32,7 +39,7 @@ Usage::
     python -m q4asr.corpora.synth --out-dir data/synth --num-train 12000 \\
         --num-dev 300 --num-test 300 --seed 1 --nj 2 [--vocab-size 3000] \\
         [--num-train-glosses 12000] [--heldout-engine festival] \\
-        [--espeak-variants all]
+        [--espeak-variants all] [--engines espeak flite festival pico]
 
 Outputs ``OUT/wav/<split>/<utt>.flac`` and
 ``OUT/manifests/synth_{recordings,supervisions}_<split>.jsonl.gz``. The run is
@@ -56,6 +63,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import soundfile as sf
 from lhotse import (
     Recording,
@@ -114,16 +122,18 @@ FLITE_SEEN = ("kal", "kal16", "rms", "slt")
 FLITE_HELDOUT = ("awb",)
 FESTIVAL_SEEN = ("kal_diphone", "cmu_us_slt_arctic_hts")
 FESTIVAL_HELDOUT = ("ked_diphone",)
+PICO_SEEN = ("en-US", "en-GB")  # SVOX Pico's English voices (lh0 and kh0)
 
 # Fraction of utterances per engine, before dropping engines that are not installed.
-ENGINE_WEIGHTS = {"espeak": 0.55, "flite": 0.3, "festival": 0.15}
+ENGINE_WEIGHTS = {"espeak": 0.55, "flite": 0.3, "festival": 0.15, "pico": 0.15}
 ENGINES = tuple(ENGINE_WEIGHTS)
+DEFAULT_ENGINES = ("espeak", "flite", "festival")
 FESTIVAL_VOICE_DIRS = (Path("/usr/share/festival/voices"),)
 
 
 @dataclass(frozen=True)
 class Voice:
-    """One synthesiser voice: ``engine`` in espeak/flite/festival, engine voice name."""
+    """One synthesiser voice: ``engine`` in :data:`ENGINES`, engine voice name."""
 
     engine: str
     name: str
@@ -144,7 +154,7 @@ class UttSpec:
     voice: str
     speaker: str
     speed: float  # > 1 is faster
-    pitch: float  # espeak: 0..99; flite/festival: sox pitch shift in cents
+    pitch: float  # espeak: 0..99; flite/festival/pico: sox pitch shift in cents
     peak_db: float  # peak level after normalisation, dB below full scale
     path: str
 
@@ -168,7 +178,26 @@ def available_voices(engine: str, names: Sequence[str]) -> list[Voice]:
             p.name for d in FESTIVAL_VOICE_DIRS if d.is_dir() for p in d.glob("*/*")
         }
         return [Voice("festival", n) for n in names if n in have]
+    if engine == "pico":
+        voices = []
+        for n in names:
+            try:
+                _pico_engine(n)
+            except (ImportError, RuntimeError):  # no ttspico, or no language file
+                continue
+            voices.append(Voice("pico", n))
+        return voices
     raise ValueError(f"unknown engine {engine!r}")
+
+
+def _pico_engine(language: str):
+    """A new SVOX Pico engine for ``language``. One per utterance: an engine's noise
+    source carries on from one utterance to the next, so a reused engine would make
+    an utterance's audio depend on those synthesised before it (a new one costs about
+    4 ms)."""
+    import ttspico
+
+    return ttspico.TtsEngine(language)
 
 
 def installed_espeak_variants() -> list[str]:
@@ -191,9 +220,12 @@ def installed_espeak_variants() -> list[str]:
 def voice_groups(
     espeak_langs: Sequence[str] = ESPEAK_LANGS,
     espeak_variants: str = "demo",
+    engines: Sequence[str] = DEFAULT_ENGINES,
 ) -> tuple[dict[str, list[Voice]], dict[str, list[Voice]]]:
-    """(seen, held-out) voices per engine, only engines and voices that are installed.
-    ``espeak_variants``: one of :data:`ESPEAK_VARIANT_SETS` (the seen variants)."""
+    """(seen, held-out) voices per engine of ``engines``, only engines and voices that
+    are installed. ``espeak_variants``: one of :data:`ESPEAK_VARIANT_SETS` (the seen
+    variants). ValueError for an engine beyond :data:`DEFAULT_ENGINES` (asked for
+    explicitly) with no voice installed."""
 
     def espeak(variants: Sequence[str]) -> list[str]:
         return [f"{lang}+{v}" for lang in espeak_langs for v in variants]
@@ -208,14 +240,22 @@ def voice_groups(
         "espeak": available_voices("espeak", espeak(seen_variants)),
         "flite": available_voices("flite", FLITE_SEEN),
         "festival": available_voices("festival", FESTIVAL_SEEN),
+        "pico": available_voices("pico", PICO_SEEN) if "pico" in engines else [],
     }
     held = {
         "espeak": available_voices("espeak", espeak(ESPEAK_VARIANTS_HELDOUT)),
         "flite": available_voices("flite", FLITE_HELDOUT),
         "festival": available_voices("festival", FESTIVAL_HELDOUT),
     }
-    seen = {k: v for k, v in seen.items() if v}
-    held = {k: v for k, v in held.items() if v}
+    for e in engines:
+        if e not in DEFAULT_ENGINES and not seen[e]:
+            raise ValueError(
+                f"--engines {e}: no voice of {e} is installed on this machine "
+                "(SVOX Pico comes with the Python package ttspico; tools/install.sh "
+                "installs it)"
+            )
+    seen = {k: v for k, v in seen.items() if v and k in engines}
+    held = {k: v for k, v in held.items() if v and k in engines}
     if not seen or not held:
         raise RuntimeError(
             "no speech synthesiser found (espeak-ng, flite or festival): "
@@ -224,11 +264,10 @@ def voice_groups(
     return seen, held
 
 
-def _check_engine(name: str) -> str:
+def _check_engine(name: str, option: str = "--heldout-engine") -> str:
     if name not in ENGINES:
         raise ValueError(
-            f"--heldout-engine {name!r}: unknown engine, expected one of "
-            f"{', '.join(ENGINES)}"
+            f"{option} {name!r}: unknown engine, expected one of {', '.join(ENGINES)}"
         )
     return name
 
@@ -236,14 +275,18 @@ def _check_engine(name: str) -> str:
 def split_voices(
     heldout_engine: str | None = None,
     espeak_variants: str = "demo",
+    engines: Sequence[str] = DEFAULT_ENGINES,
 ) -> tuple[dict[str, list[Voice]], dict[str, list[Voice]], list[Voice]]:
     """(seen, held-out, held-out engine's) voices: :func:`voice_groups` without the
     voices of ``heldout_engine``, and those voices (seen ones first; [] for None).
+    The held-out engine need not be one of ``engines``.
 
     ValueError, naming the option, when ``heldout_engine`` is not an engine, has no
     voice installed, or is the only engine with seen or with held-out voices.
     """
-    seen, held = voice_groups(espeak_variants=espeak_variants)
+    if heldout_engine is not None and heldout_engine not in engines:
+        engines = (*engines, heldout_engine)
+    seen, held = voice_groups(espeak_variants=espeak_variants, engines=engines)
     if heldout_engine is None:
         return seen, held, []
     out = _check_engine(heldout_engine)
@@ -287,6 +330,7 @@ class SynthConfig:
     heldout_engine: str | None = None  # an engine kept out of training (test_engine)
     num_train_glosses: int = 0  # train utterances of WordNet definitions, added
     espeak_variants: str = "demo"  # seen espeak-ng variants: ESPEAK_VARIANT_SETS
+    engines: tuple[str, ...] = DEFAULT_ENGINES  # the synthesisers: ENGINES
 
     def __post_init__(self) -> None:
         for name in ("num_train", "num_dev", "num_test", "num_train_glosses"):
@@ -306,6 +350,14 @@ class SynthConfig:
             raise ValueError(
                 f"--espeak-variants {self.espeak_variants!r}: expected one of "
                 f"{', '.join(ESPEAK_VARIANT_SETS)}"
+            )
+        self.engines = tuple(self.engines)
+        for e in self.engines:
+            _check_engine(e, "--engines")
+        if not self.engines or len(set(self.engines)) != len(self.engines):
+            raise ValueError(
+                f"--engines {' '.join(self.engines)!r}: expected one or more "
+                "different engines"
             )
         TextConfig(self.vocab_size, self.min_words, self.max_words)  # validates those
 
@@ -372,7 +424,7 @@ def make_specs(
         train_s += list(glosses[: config.num_train_glosses])
 
     seen, held, engine_voices = split_voices(
-        config.heldout_engine, config.espeak_variants
+        config.heldout_engine, config.espeak_variants, config.engines
     )
 
     def assign(
@@ -482,6 +534,18 @@ def _run_flite(spec: UttSpec, raw: Path) -> None:
     subprocess.run(cmd, check=True, capture_output=True, timeout=60)
 
 
+def _run_pico(spec: UttSpec, raw: Path) -> None:
+    engine = _pico_engine(spec.voice)
+    engine.rate = max(20, min(500, round(100 * spec.speed)))  # Pico's limits
+    # the text goes into Pico's markup: no tags or entities of its own
+    text = spec.text.lower().replace("<", " ").replace(">", " ").replace("&", " ")
+    audio = engine.speak(text)
+    if not audio:
+        raise RuntimeError("pico wrote no audio")
+    samples = np.frombuffer(audio, dtype="<i2")
+    sf.write(str(raw), samples, SAMPLE_RATE, subtype="PCM_16")
+
+
 def _run_festival(specs: Sequence[UttSpec], raws: Sequence[Path], tmp: Path) -> None:
     """One festival process for several utterances of one voice (start-up is slow)."""
     voice = specs[0].voice
@@ -538,6 +602,8 @@ def synth_chunk(
                     _run_espeak(p, raw[p.utt_id])
                 elif p.engine == "flite":
                     _run_flite(p, raw[p.utt_id])
+                elif p.engine == "pico":
+                    _run_pico(p, raw[p.utt_id])
                 if not raw[p.utt_id].exists():
                     raise RuntimeError(
                         errors.get(p.utt_id, f"{p.engine} wrote no audio")
@@ -725,6 +791,15 @@ def get_parser() -> argparse.ArgumentParser:
         "default) or all (every installed variant but the held-out ones); the\n"
         "held-out voices and test_engine stay the same",
     )
+    p.add_argument(
+        "--engines",
+        nargs="+",
+        default=list(DEFAULT_ENGINES),
+        metavar="ENGINE",
+        help=f"the synthesisers ({', '.join(ENGINES)}; default "
+        f"{' '.join(DEFAULT_ENGINES)}):\n"
+        "pico (SVOX Pico, Python package ttspico) is only used when named here",
+    )
     return p
 
 
@@ -746,9 +821,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             heldout_engine=None if heldout in (None, "", "none") else heldout,
             num_train_glosses=args.num_train_glosses,
             espeak_variants=args.espeak_variants,
+            engines=tuple(args.engines),
         )
         # installed voices, before any work
-        split_voices(config.heldout_engine, config.espeak_variants)
+        split_voices(config.heldout_engine, config.espeak_variants, config.engines)
     except ValueError as e:
         raise SystemExit(f"q4asr.corpora.synth: error: {e}") from None
     log.info("config: %s", asdict(config))

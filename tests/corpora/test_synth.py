@@ -327,3 +327,72 @@ def test_heldout_engine_corpus_synthesised(sentences, tmp_path):
     assert engines["test_engine"] == {"flite"}
     assert all("flite" not in engines[s] for s in BASE_SPLITS)
     assert len(list((tmp_path / "wav" / "test_engine").iterdir())) == 2
+
+
+def test_pico_in_festivals_place_keeps_the_paired_test_sets(sentences, tmp_path):
+    """--engines espeak flite pico with festival held out: pico takes a share of train,
+    dev and test; test_heldout and test_engine are the same utterances as without it."""
+    cfg = SynthConfig(
+        num_train=400, num_dev=20, num_test=40, seed=5, heldout_engine="festival"
+    )
+    plain = make_specs(cfg, tmp_path, sentences)
+    pico = make_specs(
+        replace(cfg, engines=("espeak", "flite", "pico")), tmp_path, sentences
+    )
+    assert pico["test_heldout"] == plain["test_heldout"]
+    assert pico["test_engine"] == plain["test_engine"]
+    for s in ("train", "dev", "test"):
+        assert [p.text for p in pico[s]] == [p.text for p in plain[s]]
+    engines = {p.engine for p in pico["train"]}
+    assert engines == {"espeak", "flite", "pico"}
+    voices = {p.voice for p in pico["train"] if p.engine == "pico"}
+    assert voices == set(synth_mod.PICO_SEEN)
+    assert "pico" not in {p.engine for p in plain["train"]}
+    # the default engines are the demo's: naming them changes nothing
+    assert make_specs(replace(cfg, engines=synth_mod.DEFAULT_ENGINES), tmp_path,
+                      sentences) == plain  # fmt: skip
+
+
+def test_pico_audio_deterministic_and_its_speed_applied(sentences, tmp_path):
+    cfg = SynthConfig(num_train=60, num_dev=2, num_test=2, seed=5,
+                      engines=("espeak", "pico"))  # fmt: skip
+    specs = [p for p in make_specs(cfg, tmp_path, sentences)["train"]
+             if p.engine == "pico"][:2]  # fmt: skip
+    assert specs
+    res = synth_chunk(specs)
+    assert all(rec is not None and err == "" for _, rec, err in res)
+    first = [open(p.path, "rb").read() for p in specs]
+    for p in specs:
+        os.remove(p.path)
+    synth_chunk(specs)
+    assert [open(p.path, "rb").read() for p in specs] == first
+    # one sentence by one voice, slow and fast: Pico's rate follows the spec's speed
+    slow = replace(specs[0], speed=0.8, pitch=0.0, path=str(tmp_path / "slow.flac"))
+    fast = replace(slow, speed=1.25, path=str(tmp_path / "fast.flac"))
+    synth_chunk([slow, fast])
+    d_slow, d_fast = (sf.info(p.path).duration for p in (slow, fast))
+    assert 1.3 < d_slow / d_fast < 1.9, (d_slow, d_fast)
+    audio, sr = sf.read(slow.path)
+    assert sr == 16000 and np.abs(audio).max() > 0.1
+
+
+def test_engines_option_errors(sentences, tmp_path, monkeypatch):
+    cfg = SynthConfig(num_train=10, num_dev=2, num_test=2, seed=0)
+    with pytest.raises(ValueError, match="--engines 'mbrola': unknown engine"):
+        replace(cfg, engines=("espeak", "mbrola"))
+    with pytest.raises(ValueError, match="expected one or more different engines"):
+        replace(cfg, engines=("espeak", "espeak"))
+    args = ["--out-dir", str(tmp_path), "--num-train", "4", "--num-dev", "1"]
+    args += ["--num-test", "1", "--engines", "espeak", "pico"]
+
+    def no_pico(language):
+        raise ImportError("No module named 'ttspico'")
+
+    monkeypatch.setattr(synth_mod, "_pico_engine", no_pico)
+    with pytest.raises(ValueError, match="--engines pico: no voice of pico"):
+        make_specs(replace(cfg, engines=("espeak", "pico")), tmp_path, sentences)
+    with pytest.raises(SystemExit) as e:
+        synth_mod.main(args)
+    msg = str(e.value.code)
+    assert "\n" not in msg and "--engines pico: no voice of pico is installed" in msg
+    assert not (tmp_path / "wav").exists()

@@ -28,6 +28,9 @@
 #                  train, dev and test instead of the demo's 19; held-out voices and
 #                  test_engine stay the same (another corpus: give it a --data-dir
 #                  and --exp-dir of its own)
+#   --engines "espeak flite pico"   the synthesisers of train, dev and test (default
+#                  "espeak flite festival"; pico: SVOX Pico, two English voices, only
+#                  when named; another corpus: give it a --data-dir and --exp-dir)
 #   --speed-perturb "0.9 1.1" --volume-perturb "0.3 3" --reverb true --noise-snr "20 10"
 #   --babble-snr "15"   augmented copies of the training cuts (the template's stage 10)
 # Stages: 0 synthesize the corpus (lhotse manifests in DATA/manifests);
@@ -55,6 +58,7 @@ exp_dir=exp
 results_md=RESULTS.md
 heldout_engine=
 espeak_variants=demo
+engines="espeak flite festival"
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
 Q4ASR_ROOT=${Q4ASR_ROOT:-$(cd ../../.. && pwd)}
@@ -109,7 +113,7 @@ if run_stage 0 "synthesize the corpus: $n_train/$num_dev/$num_test utterances"; 
     python -m q4asr.corpora.synth --out-dir "$data_dir" --num-train "$num_train" \
       --num-dev "$num_dev" --num-test "$num_test" --vocab-size "$vocab_size" \
       --num-train-glosses "$num_train_glosses" --seed "$seed" --nj "$nj" \
-      --espeak-variants "$espeak_variants" "${heldout_opts[@]}"
+      --espeak-variants "$espeak_variants" --engines $engines "${heldout_opts[@]}"
   end_stage
 fi
 
