@@ -236,17 +236,20 @@ def voice_groups(
         ]
     else:
         seen_variants = list(ESPEAK_VARIANTS_SEEN)
-    seen = {
-        "espeak": available_voices("espeak", espeak(seen_variants)),
-        "flite": available_voices("flite", FLITE_SEEN),
-        "festival": available_voices("festival", FESTIVAL_SEEN),
-        "pico": available_voices("pico", PICO_SEEN) if "pico" in engines else [],
+    seen_names = {
+        "espeak": espeak(seen_variants),
+        "flite": FLITE_SEEN,
+        "festival": FESTIVAL_SEEN,
+        "pico": PICO_SEEN,
     }
-    held = {
-        "espeak": available_voices("espeak", espeak(ESPEAK_VARIANTS_HELDOUT)),
-        "flite": available_voices("flite", FLITE_HELDOUT),
-        "festival": available_voices("festival", FESTIVAL_HELDOUT),
+    held_names = {
+        "espeak": espeak(ESPEAK_VARIANTS_HELDOUT),
+        "flite": FLITE_HELDOUT,
+        "festival": FESTIVAL_HELDOUT,
+        "pico": (),
     }
+    seen = {e: available_voices(e, seen_names[e]) for e in engines}
+    held = {e: available_voices(e, held_names[e]) for e in engines}
     for e in engines:
         if e not in DEFAULT_ENGINES and not seen[e]:
             raise ValueError(
@@ -254,8 +257,8 @@ def voice_groups(
                 "(SVOX Pico comes with the Python package ttspico; tools/install.sh "
                 "installs it)"
             )
-    seen = {k: v for k, v in seen.items() if v and k in engines}
-    held = {k: v for k, v in held.items() if v and k in engines}
+    seen = {k: v for k, v in seen.items() if v}
+    held = {k: v for k, v in held.items() if v}
     if not seen or not held:
         raise RuntimeError(
             "no speech synthesiser found (espeak-ng, flite or festival): "

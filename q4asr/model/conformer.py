@@ -377,14 +377,18 @@ class ConformerEncoder(nn.Module):
         pos_emb = self.pos_enc(x)
         x = self.dropout(x)
         full = (pos_emb, pad_mask)
+        compiled = (
+            self.compiled_layer is not None
+            and self.training
+            and torch.is_grad_enabled()
+        )
         for i, layer in enumerate(self.layers):
             if self.half_rate and i == self.half_rate.start:
                 skip = x
                 x, half_lens = halve_rate(x, out_lens)
                 pos_emb = self.pos_enc(x)
                 pad_mask = make_pad_mask(half_lens, x.shape[1])
-            compiled = self.training and torch.is_grad_enabled()
-            if compiled and self.compiled_layer is not None:
+            if compiled:
                 if x._base is not None:  # a view (the front-end's output) compiles
                     x = x.clone()  # a graph of its own: give it a tensor of its own
                 x = self.compiled_layer(layer, x, pos_emb, pad_mask)

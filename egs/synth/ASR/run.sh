@@ -58,7 +58,7 @@ exp_dir=exp
 results_md=RESULTS.md
 heldout_engine=
 espeak_variants=demo
-engines="espeak flite festival"
+engines=
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
 Q4ASR_ROOT=${Q4ASR_ROOT:-$(cd ../../.. && pwd)}
@@ -113,7 +113,7 @@ if run_stage 0 "synthesize the corpus: $n_train/$num_dev/$num_test utterances"; 
     python -m q4asr.corpora.synth --out-dir "$data_dir" --num-train "$num_train" \
       --num-dev "$num_dev" --num-test "$num_test" --vocab-size "$vocab_size" \
       --num-train-glosses "$num_train_glosses" --seed "$seed" --nj "$nj" \
-      --espeak-variants "$espeak_variants" --engines $engines "${heldout_opts[@]}"
+      --espeak-variants "$espeak_variants" ${engines:+--engines $engines} "${heldout_opts[@]}"
   end_stage
 fi
 
